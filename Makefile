@@ -1,0 +1,149 @@
+# kinesis-exporter: build, lint, test and demo entry points (GNU make).
+#
+#   make demo   build, install the test peers, push records through kinesalite, show the result
+#   make test   lint, Rust tests, end-to-end tests (what CI runs through .ci/run)
+#
+# Nothing here is interactive; CI=true also turns colour off.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+CARGO ?= cargo
+# tests/install.sh creates the venv with python3 as well.
+PYTHON := python3
+VENV_PYTHON := tests/.venv/bin/python
+
+# rustup installs into ~/.cargo/bin, which a fresh non-login shell may not have on PATH yet.
+ifeq ($(shell command -v $(CARGO) 2>/dev/null),)
+  ifneq ($(wildcard $(HOME)/.cargo/bin/cargo),)
+    export PATH := $(HOME)/.cargo/bin:$(PATH)
+  endif
+endif
+
+ifeq ($(CI),true)
+  export CARGO_TERM_COLOR := never
+  export NO_COLOR := 1
+  export PIP_NO_INPUT := 1
+  export PIP_PROGRESS_BAR := off
+  export npm_config_color := false
+  export DEBIAN_FRONTEND := noninteractive
+endif
+
+say = @printf '==> %s\n' "$(1)"
+
+.PHONY: help deps build lint toolchain test-rust test-e2e test bench demo clean distclean
+
+help: ## List the targets
+	@echo "kinesis-exporter targets:"
+	@grep -E '^[a-z][a-z0-9-]*:.*## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
+
+deps: ## Install the e2e test peers (tests/.venv, tests/node_modules)
+	$(call say,checking tools: python3 node npm cargo)
+	@missing=0; \
+	need() { \
+	  if ! command -v "$$1" >/dev/null 2>&1; then \
+	    printf 'error: %s not found on PATH; %s\n' "$$1" "$$2" >&2; missing=1; \
+	  fi; \
+	}; \
+	need $(PYTHON) "install Python 3.10+ (Debian/Ubuntu: apt-get install python3 python3-venv)"; \
+	need node "install Node.js 18+ (Debian/Ubuntu: apt-get install nodejs npm, or https://nodejs.org)"; \
+	need npm "install npm (it ships with Node.js; Debian/Ubuntu: apt-get install npm)"; \
+	need $(CARGO) "install Rust with rustup: https://rustup.rs"; \
+	exit $$missing
+	@if [ -x tests/.venv/bin/python ] && ! tests/.venv/bin/python -m pip --version >/dev/null 2>&1; then \
+	  printf '==> %s\n' "tests/.venv has no working pip (an interrupted venv creation?); removing it"; \
+	  rm -rf tests/.venv; \
+	fi
+	@if [ ! -x tests/.venv/bin/python ]; then \
+	  probe="$$(mktemp -d)"; \
+	  if $(PYTHON) -m venv "$$probe/venv" >/dev/null 2>&1; then \
+	    rm -rf "$$probe"; \
+	  else \
+	    rm -rf "$$probe"; \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	      printf '==> %s\n' "$(PYTHON) -m venv does not work (python3-venv missing?); installing python3-venv with apt-get"; \
+	      printf '==> %s\n' "apt-get update"; \
+	      DEBIAN_FRONTEND=noninteractive apt-get update -q; \
+	      printf '==> %s\n' "apt-get install -y python3-venv"; \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv; \
+	      probe="$$(mktemp -d)"; \
+	      if ! $(PYTHON) -m venv "$$probe/venv" >/dev/null 2>&1; then \
+	        rm -rf "$$probe"; \
+	        echo "error: '$(PYTHON) -m venv' still fails after installing python3-venv ($$(command -v $(PYTHON)) may not be Debian's python3)" >&2; \
+	        exit 1; \
+	      fi; \
+	      rm -rf "$$probe"; \
+	    else \
+	      echo "error: '$(PYTHON) -m venv' does not work. On Debian/Ubuntu install the venv module:" >&2; \
+	      echo "         sudo apt-get install python3-venv" >&2; \
+	      exit 1; \
+	    fi; \
+	  fi; \
+	fi
+	$(call say,installing test peers (bash tests/install.sh))
+	@bash tests/install.sh
+
+build: ## cargo build (workspace, all targets, --locked)
+	$(call say,cargo build --workspace --all-targets --locked)
+	@$(CARGO) build --workspace --all-targets --locked
+
+# rustfmt and clippy ship as rustup components; add them when a toolchain lacks them.
+toolchain:
+	@if ! $(CARGO) fmt --version >/dev/null 2>&1 || ! $(CARGO) clippy --version >/dev/null 2>&1; then \
+	  if command -v rustup >/dev/null 2>&1; then \
+	    printf '==> %s\n' "rustfmt/clippy missing; rustup component add rustfmt clippy"; \
+	    rustup component add rustfmt clippy; \
+	  else \
+	    echo "error: cargo fmt / cargo clippy unavailable and rustup not found; install the rustfmt and clippy components" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
+lint: toolchain ## cargo fmt --check and cargo clippy -D warnings
+	$(call say,cargo fmt --all -- --check)
+	@$(CARGO) fmt --all -- --check
+	$(call say,cargo clippy --workspace --all-targets --locked -- -D warnings)
+	@$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+test-rust: ## cargo test (workspace, --locked)
+	$(call say,cargo test --workspace --locked)
+	@$(CARGO) test --workspace --locked
+
+test-e2e: deps build ## End-to-end tests against real peers (tests/run.sh)
+	$(call say,end-to-end tests (bash tests/run.sh))
+	@bash tests/run.sh
+
+test: ## lint, then test-rust, then test-e2e
+	@all_start=$$(date +%s); \
+	for step in lint test-rust test-e2e; do \
+	  start=$$(date +%s); \
+	  printf '==> make %s\n' "$$step"; \
+	  if ! $(MAKE) $$step; then \
+	    printf '==> make %s FAILED after %ss\n' "$$step" "$$(( $$(date +%s) - start ))"; \
+	    exit 1; \
+	  fi; \
+	  printf '==> make %s passed in %ss\n' "$$step" "$$(( $$(date +%s) - start ))"; \
+	done; \
+	printf '==> all tests passed in %ss\n' "$$(( $$(date +%s) - all_start ))"
+
+bench: ## Aggregation benchmark (criterion)
+	$(call say,cargo bench -p kinesis-exporter --bench aggregation)
+	@$(CARGO) bench -p kinesis-exporter --bench aggregation
+
+demo: build deps ## Put 20000 records into a 4-shard kinesalite stream and read them back
+	$(call say,running the demo (tests/demo.py))
+	@$(VENV_PYTHON) tests/demo.py
+
+clean: ## Remove build output and Python caches
+	$(call say,cargo clean)
+	@$(CARGO) clean
+	$(call say,removing Python caches)
+	@find tests \( -path tests/.venv -o -path tests/node_modules \) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+	@rm -rf tests/.pytest_cache
+
+distclean: clean ## clean, and remove the installed test peers too
+	$(call say,removing tests/.venv and tests/node_modules)
+	@rm -rf tests/.venv tests/node_modules

@@ -1,0 +1,178 @@
+//! [`KinesisApi`] over the AWS SDK: request building and error classification.
+
+use aws_config::SdkConfig;
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::primitives::Blob;
+use aws_sdk_kinesis::types::PutRecordsRequestEntry;
+use aws_sdk_kinesis::Client;
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use futures::future::BoxFuture;
+use std::time::Duration;
+
+use crate::kpl::client::{is_retryable_request_error, EntryResult, KinesisApi, RequestError};
+use crate::kpl::record::KinesisRecord;
+use crate::kpl::shard_map::Shard;
+
+/// Kinesis through the official SDK. The SDK's own retries are off for PutRecords: the
+/// producer retries, per entry, and counts every attempt.
+pub struct SdkKinesis {
+    client: Client,
+}
+
+impl SdkKinesis {
+    pub fn new(sdk: &SdkConfig, endpoint: Option<&str>, attempt_timeout: Duration) -> Self {
+        let mut builder = aws_sdk_kinesis::config::Builder::from(sdk)
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(attempt_timeout)
+                    .connect_timeout(Duration::from_secs(5).min(attempt_timeout))
+                    .build(),
+            );
+        if let Some(url) = endpoint {
+            builder = builder.endpoint_url(url);
+        }
+        SdkKinesis {
+            client: Client::from_conf(builder.build()),
+        }
+    }
+}
+
+impl KinesisApi for SdkKinesis {
+    fn put_records<'a>(
+        &'a self,
+        stream: &'a str,
+        records: &'a [KinesisRecord],
+    ) -> BoxFuture<'a, Result<Vec<EntryResult>, RequestError>> {
+        Box::pin(async move {
+            let entries = records
+                .iter()
+                .map(|r| {
+                    PutRecordsRequestEntry::builder()
+                        .data(Blob::new(r.data.to_vec()))
+                        .partition_key(r.partition_key.clone())
+                        .set_explicit_hash_key(r.explicit_hash_key.map(|h| h.to_string()))
+                        .build()
+                        .expect("data and partition key are set")
+                })
+                .collect();
+            let output = self
+                .client
+                .put_records()
+                .stream_name(stream)
+                .set_records(Some(entries))
+                .send()
+                .await
+                .map_err(classify)?;
+            let results: Vec<EntryResult> = output
+                .records()
+                .iter()
+                .map(|r| match r.error_code() {
+                    Some(code) => EntryResult::Failed {
+                        code: code.to_string(),
+                        message: r.error_message().unwrap_or_default().to_string(),
+                    },
+                    None => EntryResult::Stored {
+                        shard_id: r.shard_id().unwrap_or_default().to_string(),
+                    },
+                })
+                .collect();
+            if results.len() != records.len() {
+                return Err(RequestError {
+                    retryable: true,
+                    code: "MalformedResponse".into(),
+                    message: format!(
+                        "PutRecords answered {} results for {} records",
+                        results.len(),
+                        records.len()
+                    ),
+                });
+            }
+            Ok(results)
+        })
+    }
+
+    fn list_shards<'a>(
+        &'a self,
+        stream: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Shard>, RequestError>> {
+        Box::pin(async move {
+            let mut shards = Vec::new();
+            let mut next_token: Option<String> = None;
+            loop {
+                // The API takes either the stream name or a continuation token, never both.
+                let request = match &next_token {
+                    Some(token) => self.client.list_shards().next_token(token),
+                    None => self.client.list_shards().stream_name(stream),
+                };
+                let page = request.send().await.map_err(classify)?;
+                for shard in page.shards() {
+                    let open = shard
+                        .sequence_number_range()
+                        .and_then(|r| r.ending_sequence_number())
+                        .is_none();
+                    let Some(range) = shard.hash_key_range() else {
+                        continue;
+                    };
+                    let parse = |s: &str| {
+                        s.parse::<u128>().map_err(|e| RequestError {
+                            retryable: false,
+                            code: "MalformedResponse".into(),
+                            message: format!("hash key {s:?}: {e}"),
+                        })
+                    };
+                    if open {
+                        shards.push(Shard {
+                            id: shard.shard_id().into(),
+                            start: parse(range.starting_hash_key())?,
+                            end: parse(range.ending_hash_key())?,
+                        });
+                    }
+                }
+                match page.next_token() {
+                    Some(token) if !token.is_empty() => next_token = Some(token.to_string()),
+                    _ => return Ok(shards),
+                }
+            }
+        })
+    }
+}
+
+/// Sorts an SDK error into retryable or not, keeping the service's error code.
+fn classify<E>(err: SdkError<E, HttpResponse>) -> RequestError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let message = aws_sdk_kinesis::error::DisplayErrorContext(&err).to_string();
+    match &err {
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or("Unknown").to_string();
+            let status_5xx = service.raw().status().is_server_error();
+            RequestError {
+                retryable: is_retryable_request_error(&code) || status_5xx,
+                code,
+                message,
+            }
+        }
+        SdkError::TimeoutError(_) => RequestError {
+            retryable: true,
+            code: "Timeout".into(),
+            message,
+        },
+        SdkError::DispatchFailure(_) => RequestError {
+            retryable: true,
+            code: "ConnectionError".into(),
+            message,
+        },
+        SdkError::ResponseError(_) => RequestError {
+            retryable: true,
+            code: "ResponseError".into(),
+            message,
+        },
+        _ => RequestError {
+            retryable: false,
+            code: "RequestConstructionError".into(),
+            message,
+        },
+    }
+}

@@ -1,0 +1,234 @@
+//! The exporter's configuration: the seed's Collector-style YAML, its defaults and its limits.
+//!
+//! Loading is two steps: YAML text to a generic value, then a validating walk ([`validate`]) that
+//! fills defaults and collects *every* problem (key, value, rule) before anything starts.
+
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Kinesis accepts at most this many records in one PutRecords request.
+pub const KINESIS_MAX_RECORDS_PER_REQUEST: usize = 500;
+/// Kinesis limit for one record: data plus partition key.
+pub const KINESIS_MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// Kinesis limit for one PutRecords request: data plus partition keys of every entry.
+pub const KINESIS_MAX_REQUEST_BYTES: usize = 5 * 1024 * 1024;
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    pub receivers: Receivers,
+    /// Exporter instances by Collector-style id: `kinesis`, `kinesis/traces`, ...
+    pub exporters: BTreeMap<String, ExporterConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Receivers {
+    pub otlp: OtlpReceiver,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OtlpReceiver {
+    pub protocols: OtlpProtocols,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OtlpProtocols {
+    pub grpc: Endpoint,
+    pub http: Endpoint,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Endpoint {
+    /// `host:port` to listen on.
+    pub endpoint: String,
+}
+
+/// One `kinesis[/name]` exporter instance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ExporterConfig {
+    pub aws: AwsConfig,
+    pub kpl: KplConfig,
+    pub encoding: Encoding,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AwsConfig {
+    pub stream_name: String,
+    pub region: String,
+    /// Normalised to a URL; the seed allows a bare host name, which means https.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kinesis_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// The producer's knobs, named as in the seed (`kpl.*`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KplConfig {
+    pub aggregate_batch_count: u64,
+    pub aggregate_batch_size: u64,
+    pub batch_size: u64,
+    pub batch_count: u64,
+    pub backlog_count: u64,
+    pub flush_interval_seconds: u64,
+    pub max_connections: u64,
+    pub max_retries: u64,
+    pub max_backoff_seconds: u64,
+    /// Ours: how long one PutRecords attempt may take before it counts as failed and is retried.
+    pub request_timeout_seconds: u64,
+}
+
+impl KplConfig {
+    /// Records per PutRecords request actually sent: the seed allows up to 1000, Kinesis takes 500.
+    pub fn records_per_request(&self) -> usize {
+        (self.batch_count as usize).min(KINESIS_MAX_RECORDS_PER_REQUEST)
+    }
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_secs(self.flush_interval_seconds)
+    }
+    pub fn max_backoff(&self) -> Duration {
+        Duration::from_secs(self.max_backoff_seconds)
+    }
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_seconds)
+    }
+}
+
+impl Default for KplConfig {
+    fn default() -> Self {
+        KplConfig {
+            aggregate_batch_count: 4_294_967_295,
+            aggregate_batch_size: 51_200,
+            batch_size: 5_242_880,
+            batch_count: 1000,
+            backlog_count: 2000,
+            flush_interval_seconds: 5,
+            max_connections: 24,
+            max_retries: 10,
+            max_backoff_seconds: 60,
+            request_timeout_seconds: 30,
+        }
+    }
+}
+
+impl Default for AwsConfig {
+    fn default() -> Self {
+        AwsConfig {
+            stream_name: "test-stream".into(),
+            region: "us-west-2".into(),
+            kinesis_endpoint: None,
+            role: None,
+        }
+    }
+}
+
+/// How telemetry is written into a user record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    #[default]
+    OtlpProto,
+    OtlpJson,
+}
+
+impl Default for Receivers {
+    fn default() -> Self {
+        Receivers {
+            otlp: OtlpReceiver {
+                protocols: OtlpProtocols {
+                    grpc: Endpoint {
+                        endpoint: "0.0.0.0:4317".into(),
+                    },
+                    http: Endpoint {
+                        endpoint: "0.0.0.0:4318".into(),
+                    },
+                },
+            },
+        }
+    }
+}
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the key, e.g. `exporters.kinesis.kpl.batch_count`.
+    pub key: String,
+    /// The offending value as written, when there is one.
+    pub value: Option<String>,
+    /// The rule it breaks, in words.
+    pub rule: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.value {
+            Some(v) => write!(f, "{}: {} (got {})", self.key, self.rule, v),
+            None => write!(f, "{}: {}", self.key, self.rule),
+        }
+    }
+}
+
+/// Every problem found in one file, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} error(s)):", self.0.len())?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl Config {
+    /// Parses and validates YAML text; on failure returns every error found.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigErrors> {
+        validate::load(text)
+    }
+
+    /// Reads and validates a file.
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                key: "(file)".into(),
+                value: Some(path.display().to_string()),
+                rule: format!("cannot be read: {e}"),
+            }])
+        })?;
+        Config::from_yaml(&text)
+    }
+
+    /// The effective configuration, every default filled in, as YAML.
+    pub fn to_yaml(&self) -> String {
+        serde_yaml_ng::to_string(self).expect("configuration serialises")
+    }
+
+    /// Start-up warnings about values that are legal but do not mean what they seem to.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (id, exporter) in &self.exporters {
+            if exporter.kpl.batch_count as usize > KINESIS_MAX_RECORDS_PER_REQUEST {
+                out.push(format!(
+                    "exporters.{id}.kpl.batch_count is {}, but Kinesis accepts at most {} records \
+                     per PutRecords; requests will be split at {}",
+                    exporter.kpl.batch_count,
+                    KINESIS_MAX_RECORDS_PER_REQUEST,
+                    KINESIS_MAX_RECORDS_PER_REQUEST
+                ));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

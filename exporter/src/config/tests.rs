@@ -1,0 +1,281 @@
+//! Every default and every limit of the configuration table, and how errors are reported.
+
+use super::*;
+
+const SEED_EXAMPLE: &str = r#"
+exporters:
+  kinesis:
+      aws:
+          stream_name: test-stream
+          region: mars-1
+          role: arn:test-role
+          kinesis_endpoint: kinesis.mars-1.aws.galactic
+      kpl:
+          aggregate_batch_count: 4294967295
+          aggregate_batch_size: 51200
+          batch_size: 5242880
+          batch_count: 1000
+          backlog_count: 2000
+          flush_interval_seconds: 5
+          max_connections: 24
+          max_retries: 10
+          max_backoff_seconds: 60
+"#;
+
+fn kpl_with(line: &str) -> Result<Config, ConfigErrors> {
+    Config::from_yaml(&format!("exporters:\n  kinesis:\n    kpl:\n      {line}\n"))
+}
+
+fn single_error(result: Result<Config, ConfigErrors>) -> ConfigError {
+    let errors = result.expect_err("should be rejected").0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    errors.into_iter().next().unwrap()
+}
+
+#[test]
+fn seed_example_loads_unchanged() {
+    let config = Config::from_yaml(SEED_EXAMPLE).unwrap();
+    let kinesis = &config.exporters["kinesis"];
+    assert_eq!(kinesis.aws.region, "mars-1");
+    assert_eq!(kinesis.aws.role.as_deref(), Some("arn:test-role"));
+    assert_eq!(
+        kinesis.aws.kinesis_endpoint.as_deref(),
+        Some("https://kinesis.mars-1.aws.galactic")
+    );
+    assert_eq!(kinesis.kpl, KplConfig::default());
+}
+
+#[test]
+fn defaults_match_the_table() {
+    let config = Config::from_yaml("exporters:\n  kinesis:\n").unwrap();
+    let k = &config.exporters["kinesis"];
+    assert_eq!(k.aws.stream_name, "test-stream");
+    assert_eq!(k.aws.region, "us-west-2");
+    assert_eq!(k.aws.kinesis_endpoint, None);
+    assert_eq!(k.aws.role, None);
+    assert_eq!(k.kpl.aggregate_batch_count, 4_294_967_295);
+    assert_eq!(k.kpl.aggregate_batch_size, 51_200);
+    assert_eq!(k.kpl.batch_size, 5_242_880);
+    assert_eq!(k.kpl.batch_count, 1000);
+    assert_eq!(k.kpl.backlog_count, 2000);
+    assert_eq!(k.kpl.flush_interval_seconds, 5);
+    assert_eq!(k.kpl.max_connections, 24);
+    assert_eq!(k.kpl.max_retries, 10);
+    assert_eq!(k.kpl.max_backoff_seconds, 60);
+    assert_eq!(k.encoding, Encoding::OtlpProto);
+    assert_eq!(
+        config.receivers.otlp.protocols.grpc.endpoint,
+        "0.0.0.0:4317"
+    );
+    assert_eq!(
+        config.receivers.otlp.protocols.http.endpoint,
+        "0.0.0.0:4318"
+    );
+}
+
+#[test]
+fn every_kpl_limit_is_enforced_at_both_ends() {
+    // (key, lowest accepted, highest accepted); one below and one above must fail.
+    let limits: &[(&str, u64, Option<u64>)] = &[
+        ("aggregate_batch_count", 1, Some(4_294_967_295)),
+        ("aggregate_batch_size", 1, Some(1_048_576)),
+        ("batch_size", 1, Some(5_242_880)),
+        ("batch_count", 1, Some(1000)),
+        ("backlog_count", 1, Some(10_000_000)),
+        ("flush_interval_seconds", 1, Some(3600)),
+        ("max_connections", 1, Some(256)),
+        ("max_retries", 0, Some(100)),
+        ("max_backoff_seconds", 1, Some(3600)),
+        ("request_timeout_seconds", 1, Some(600)),
+    ];
+    for &(key, low, high) in limits {
+        kpl_with(&format!("{key}: {low}")).unwrap_or_else(|e| panic!("{key}={low}: {e}"));
+        if low > 0 {
+            let err = single_error(kpl_with(&format!("{key}: {}", low - 1)));
+            assert_eq!(err.key, format!("exporters.kinesis.kpl.{key}"));
+            assert_eq!(err.value.as_deref(), Some((low - 1).to_string().as_str()));
+        }
+        if let Some(high) = high {
+            kpl_with(&format!("{key}: {high}")).unwrap_or_else(|e| panic!("{key}={high}: {e}"));
+            let err = single_error(kpl_with(&format!("{key}: {}", high + 1)));
+            assert_eq!(err.key, format!("exporters.kinesis.kpl.{key}"));
+            assert!(err.rule.contains("must be between"), "{err}");
+        }
+    }
+}
+
+#[test]
+fn batch_count_above_500_is_accepted_with_one_warning_and_split_at_500() {
+    let config = kpl_with("batch_count: 1000").unwrap();
+    let kpl = &config.exporters["kinesis"].kpl;
+    assert_eq!(kpl.records_per_request(), 500);
+    let warnings = config.warnings();
+    assert_eq!(warnings.len(), 1);
+    assert!(warnings[0].contains("batch_count"), "{}", warnings[0]);
+
+    let config = kpl_with("batch_count: 200").unwrap();
+    assert_eq!(config.exporters["kinesis"].kpl.records_per_request(), 200);
+    assert!(config.warnings().is_empty());
+}
+
+#[test]
+fn wrong_types_name_key_value_and_rule() {
+    let err = single_error(kpl_with("max_connections: lots"));
+    assert_eq!(err.key, "exporters.kinesis.kpl.max_connections");
+    assert_eq!(err.value.as_deref(), Some("\"lots\""));
+    assert!(err.rule.starts_with("must be an integer"), "{err}");
+
+    let err = single_error(kpl_with("max_retries: -1"));
+    assert_eq!(err.value.as_deref(), Some("-1"));
+
+    let err = single_error(kpl_with("flush_interval_seconds: 0.5"));
+    assert_eq!(err.key, "exporters.kinesis.kpl.flush_interval_seconds");
+
+    let err = single_error(Config::from_yaml(
+        "exporters:\n  kinesis:\n    aws:\n      stream_name: [a, b]\n",
+    ));
+    assert_eq!(err.key, "exporters.kinesis.aws.stream_name");
+    assert_eq!(err.rule, "must be a string");
+}
+
+#[test]
+fn unknown_keys_are_errors_at_every_level() {
+    let text = r#"
+extensions: {}
+receivers:
+  otlp:
+    protocols:
+      grpc: {endpoint: "0.0.0.0:4317", tls: {}}
+exporters:
+  kinesis:
+    aws: {stream_name: s, regoin: us-east-1}
+    kpl: {batch_cnt: 10}
+    retry_on_failure: {}
+  kafka: {}
+"#;
+    let errors = Config::from_yaml(text).unwrap_err().0;
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "receivers.otlp.protocols.grpc.tls",
+            "exporters.kinesis.aws.regoin",
+            "exporters.kinesis.kpl.batch_cnt",
+            "exporters.kinesis.retry_on_failure",
+            "exporters.kafka",
+            "extensions",
+        ]
+    );
+}
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let text = r#"
+exporters:
+  kinesis:
+    aws: {stream_name: "bad name!", region: "US West", role: "not-an-arn", kinesis_endpoint: "ftp://x"}
+    kpl: {batch_count: 2000, max_connections: 0, batch_size: 6000000}
+    encoding: avro
+"#;
+    let errors = Config::from_yaml(text).unwrap_err();
+    let keys: Vec<&str> = errors.0.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "exporters.kinesis.aws.stream_name",
+            "exporters.kinesis.aws.region",
+            "exporters.kinesis.aws.kinesis_endpoint",
+            "exporters.kinesis.aws.role",
+            "exporters.kinesis.kpl.batch_size",
+            "exporters.kinesis.kpl.batch_count",
+            "exporters.kinesis.kpl.max_connections",
+            "exporters.kinesis.encoding",
+        ]
+    );
+    let text = errors.to_string();
+    assert!(text.contains("8 error(s)"), "{text}");
+    assert!(
+        text.contains("exporters.kinesis.kpl.batch_count: must be between 1 and 1000 (got 2000)"),
+        "{text}"
+    );
+}
+
+#[test]
+fn stream_name_rules() {
+    for bad in ["", "has space", "slash/no", &"x".repeat(129)] {
+        let err = single_error(Config::from_yaml(&format!(
+            "exporters:\n  kinesis:\n    aws:\n      stream_name: {bad:?}\n"
+        )));
+        assert_eq!(err.key, "exporters.kinesis.aws.stream_name", "{bad}");
+    }
+    for good in ["a", "my_stream-1.x", &"x".repeat(128)] {
+        Config::from_yaml(&format!(
+            "exporters:\n  kinesis:\n    aws:\n      stream_name: {good:?}\n"
+        ))
+        .unwrap();
+    }
+}
+
+#[test]
+fn endpoints_are_normalised_to_urls() {
+    for (given, expected) in [
+        ("http://127.0.0.1:4567", "http://127.0.0.1:4567"),
+        (
+            "https://kinesis.us-east-1.amazonaws.com",
+            "https://kinesis.us-east-1.amazonaws.com",
+        ),
+        ("localhost:4567", "https://localhost:4567"),
+    ] {
+        let config = Config::from_yaml(&format!(
+            "exporters:\n  kinesis:\n    aws:\n      kinesis_endpoint: {given:?}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.exporters["kinesis"].aws.kinesis_endpoint.as_deref(),
+            Some(expected)
+        );
+    }
+    for bad in ["ftp://host", "http://", "host:notaport", "a b"] {
+        single_error(Config::from_yaml(&format!(
+            "exporters:\n  kinesis:\n    aws:\n      kinesis_endpoint: {bad:?}\n"
+        )));
+    }
+}
+
+#[test]
+fn named_instances_and_exporter_presence() {
+    let config = Config::from_yaml(
+        "exporters:\n  kinesis/traces: {aws: {stream_name: t}}\n  kinesis/logs: {aws: {stream_name: l}}\n",
+    )
+    .unwrap();
+    assert_eq!(config.exporters["kinesis/traces"].aws.stream_name, "t");
+    assert_eq!(config.exporters["kinesis/logs"].aws.stream_name, "l");
+
+    for text in ["{}", "exporters: {}", "exporters:\n"] {
+        let err = single_error(Config::from_yaml(text));
+        assert_eq!(err.key, "exporters", "{text}");
+    }
+    let err = single_error(Config::from_yaml("exporters:\n  kinesis/: {}\n"));
+    assert_eq!(err.key, "exporters.kinesis/");
+}
+
+#[test]
+fn malformed_yaml_and_listen_addresses() {
+    let err = single_error(Config::from_yaml("exporters: [unclosed"));
+    assert_eq!(err.key, "(file)");
+    let err = single_error(Config::from_yaml(
+        "receivers: {otlp: {protocols: {http: {endpoint: 4318}}}}\nexporters: {kinesis: }\n",
+    ));
+    assert_eq!(err.key, "receivers.otlp.protocols.http.endpoint");
+}
+
+#[test]
+fn effective_config_round_trips() {
+    let config = Config::from_yaml(SEED_EXAMPLE).unwrap();
+    let rendered = config.to_yaml();
+    assert!(
+        rendered.contains("request_timeout_seconds: 30"),
+        "{rendered}"
+    );
+    assert_eq!(Config::from_yaml(&rendered).unwrap(), config);
+}

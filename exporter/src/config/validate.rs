@@ -1,0 +1,440 @@
+//! The validating walk from parsed YAML to [`Config`]: defaults, types, limits, unknown keys.
+//!
+//! Every problem is recorded and the walk goes on, so one run reports all of a file's errors.
+
+use std::collections::BTreeMap;
+
+use serde_yaml_ng::{Mapping, Value};
+
+use super::*;
+
+pub(super) fn load(text: &str) -> Result<Config, ConfigErrors> {
+    let root: Value = match serde_yaml_ng::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            return Err(ConfigErrors(vec![ConfigError {
+                key: "(file)".into(),
+                value: None,
+                rule: format!("is not valid YAML: {e}"),
+            }]))
+        }
+    };
+    let mut errors = Vec::new();
+    let config = walk_root(&root, &mut errors);
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// The keys of one mapping, consumed one by one; what is left over is unknown.
+struct Section<'a> {
+    path: String,
+    entries: Vec<(String, &'a Value)>,
+}
+
+impl<'a> Section<'a> {
+    /// A section at `path`; a missing or null value is an empty section.
+    fn new(path: &str, value: Option<&'a Value>, errors: &mut Vec<ConfigError>) -> Self {
+        let mut entries = Vec::new();
+        match value {
+            None | Some(Value::Null) => {}
+            Some(Value::Mapping(map)) => entries = mapping_entries(path, map, errors),
+            Some(other) => errors.push(ConfigError {
+                key: path.into(),
+                value: Some(show(other)),
+                rule: "must be a mapping of keys to values".into(),
+            }),
+        }
+        Section {
+            path: path.into(),
+            entries,
+        }
+    }
+
+    fn key(&self, name: &str) -> String {
+        if self.path.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{}", self.path, name)
+        }
+    }
+
+    fn take(&mut self, name: &str) -> Option<&'a Value> {
+        let at = self.entries.iter().position(|(k, _)| k == name)?;
+        Some(self.entries.remove(at).1)
+    }
+
+    /// An unsigned integer in `min..=max`, or `default` when absent.
+    fn integer(
+        &mut self,
+        name: &str,
+        default: u64,
+        min: u64,
+        max: u64,
+        rule: &str,
+        errors: &mut Vec<ConfigError>,
+    ) -> u64 {
+        let key = self.key(name);
+        match self.take(name) {
+            None | Some(Value::Null) => default,
+            Some(v @ Value::Number(n)) => match n.as_u64() {
+                Some(x) if (min..=max).contains(&x) => x,
+                _ => {
+                    errors.push(ConfigError {
+                        key,
+                        value: Some(show(v)),
+                        rule: rule.into(),
+                    });
+                    default
+                }
+            },
+            Some(other) => {
+                errors.push(ConfigError {
+                    key,
+                    value: Some(show(other)),
+                    rule: format!("must be an integer; {rule}"),
+                });
+                default
+            }
+        }
+    }
+
+    /// A string that passes `check` (which returns the rule broken), or `None` when absent.
+    fn string(
+        &mut self,
+        name: &str,
+        check: impl Fn(&str) -> Result<String, String>,
+        errors: &mut Vec<ConfigError>,
+    ) -> Option<String> {
+        let key = self.key(name);
+        match self.take(name)? {
+            Value::Null => None,
+            Value::String(s) => match check(s) {
+                Ok(normalised) => Some(normalised),
+                Err(rule) => {
+                    errors.push(ConfigError {
+                        key,
+                        value: Some(format!("{s:?}")),
+                        rule,
+                    });
+                    None
+                }
+            },
+            other => {
+                errors.push(ConfigError {
+                    key,
+                    value: Some(show(other)),
+                    rule: "must be a string".into(),
+                });
+                None
+            }
+        }
+    }
+
+    /// Reports every key nobody took.
+    fn finish(self, errors: &mut Vec<ConfigError>) {
+        for (name, _) in &self.entries {
+            errors.push(ConfigError {
+                key: self.key(name),
+                value: None,
+                rule: "is not a known key".into(),
+            });
+        }
+    }
+}
+
+fn mapping_entries<'a>(
+    path: &str,
+    map: &'a Mapping,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<(String, &'a Value)> {
+    let mut entries = Vec::new();
+    for (k, v) in map {
+        match k {
+            Value::String(s) => entries.push((s.clone(), v)),
+            other => errors.push(ConfigError {
+                key: path.into(),
+                value: Some(show(other)),
+                rule: "keys must be strings".into(),
+            }),
+        }
+    }
+    entries
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => format!("{s:?}"),
+        other => serde_yaml_ng::to_string(other)
+            .map(|s| s.trim_end().to_string())
+            .unwrap_or_else(|_| format!("{other:?}")),
+    }
+}
+
+fn walk_root(root: &Value, errors: &mut Vec<ConfigError>) -> Config {
+    let mut top = Section::new("", Some(root), errors);
+    let receivers = walk_receivers(top.take("receivers"), errors);
+    let exporters = walk_exporters(top.take("exporters"), errors);
+    top.finish(errors);
+    Config {
+        receivers,
+        exporters,
+    }
+}
+
+fn walk_receivers(value: Option<&Value>, errors: &mut Vec<ConfigError>) -> Receivers {
+    let mut receivers = Receivers::default();
+    let mut section = Section::new("receivers", value, errors);
+    let mut otlp = Section::new("receivers.otlp", section.take("otlp"), errors);
+    let mut protocols = Section::new("receivers.otlp.protocols", otlp.take("protocols"), errors);
+    for (name, slot) in [
+        ("grpc", &mut receivers.otlp.protocols.grpc),
+        ("http", &mut receivers.otlp.protocols.http),
+    ] {
+        let path = format!("receivers.otlp.protocols.{name}");
+        let mut protocol = Section::new(&path, protocols.take(name), errors);
+        if let Some(endpoint) = protocol.string("endpoint", check_listen_address, errors) {
+            slot.endpoint = endpoint;
+        }
+        protocol.finish(errors);
+    }
+    protocols.finish(errors);
+    otlp.finish(errors);
+    section.finish(errors);
+    receivers
+}
+
+fn walk_exporters(
+    value: Option<&Value>,
+    errors: &mut Vec<ConfigError>,
+) -> BTreeMap<String, ExporterConfig> {
+    let mut exporters = BTreeMap::new();
+    let section = Section::new("exporters", value, errors);
+    for (id, body) in &section.entries {
+        let path = format!("exporters.{id}");
+        let is_kinesis = id == "kinesis"
+            || id
+                .strip_prefix("kinesis/")
+                .is_some_and(|name| !name.is_empty());
+        if !is_kinesis {
+            errors.push(ConfigError {
+                key: path,
+                value: None,
+                rule: "is not a known exporter; use `kinesis` or `kinesis/<name>`".into(),
+            });
+            continue;
+        }
+        exporters.insert(id.clone(), walk_exporter(&path, body, errors));
+    }
+    let already_reported = matches!(value, Some(v) if !v.is_mapping() && !v.is_null());
+    if exporters.is_empty() && section.entries.is_empty() && !already_reported {
+        errors.push(ConfigError {
+            key: "exporters".into(),
+            value: None,
+            rule: "must define at least one exporter, e.g. `kinesis`".into(),
+        });
+    }
+    exporters
+}
+
+fn walk_exporter(path: &str, value: &Value, errors: &mut Vec<ConfigError>) -> ExporterConfig {
+    let mut section = Section::new(path, Some(value), errors);
+    let aws = walk_aws(&format!("{path}.aws"), section.take("aws"), errors);
+    let kpl = walk_kpl(&format!("{path}.kpl"), section.take("kpl"), errors);
+    let encoding = match section
+        .string(
+            "encoding",
+            |s| match s {
+                "otlp_proto" | "otlp_json" => Ok(s.to_string()),
+                _ => Err("must be one of otlp_proto, otlp_json".into()),
+            },
+            errors,
+        )
+        .as_deref()
+    {
+        Some("otlp_json") => Encoding::OtlpJson,
+        _ => Encoding::OtlpProto,
+    };
+    section.finish(errors);
+    ExporterConfig { aws, kpl, encoding }
+}
+
+fn walk_aws(path: &str, value: Option<&Value>, errors: &mut Vec<ConfigError>) -> AwsConfig {
+    let defaults = AwsConfig::default();
+    let mut s = Section::new(path, value, errors);
+    let aws = AwsConfig {
+        stream_name: s
+            .string("stream_name", check_stream_name, errors)
+            .unwrap_or(defaults.stream_name),
+        region: s
+            .string("region", check_region, errors)
+            .unwrap_or(defaults.region),
+        kinesis_endpoint: s.string("kinesis_endpoint", normalise_endpoint, errors),
+        role: s.string("role", check_role, errors),
+    };
+    s.finish(errors);
+    aws
+}
+
+fn walk_kpl(path: &str, value: Option<&Value>, errors: &mut Vec<ConfigError>) -> KplConfig {
+    let d = KplConfig::default();
+    let mut s = Section::new(path, value, errors);
+    let e = errors;
+    let kpl = KplConfig {
+        aggregate_batch_count: s.integer(
+            "aggregate_batch_count",
+            d.aggregate_batch_count,
+            1,
+            4_294_967_295,
+            "must be between 1 and 4294967295",
+            e,
+        ),
+        aggregate_batch_size: s.integer(
+            "aggregate_batch_size",
+            d.aggregate_batch_size,
+            1,
+            KINESIS_MAX_RECORD_BYTES as u64,
+            "must be between 1 and 1048576 (1 MiB, the Kinesis record limit)",
+            e,
+        ),
+        batch_size: s.integer(
+            "batch_size",
+            d.batch_size,
+            1,
+            KINESIS_MAX_REQUEST_BYTES as u64,
+            "must be between 1 and 5242880 (5 MiB, the PutRecords limit)",
+            e,
+        ),
+        batch_count: s.integer(
+            "batch_count",
+            d.batch_count,
+            1,
+            1000,
+            "must be between 1 and 1000",
+            e,
+        ),
+        backlog_count: s.integer(
+            "backlog_count",
+            d.backlog_count,
+            1,
+            10_000_000,
+            "must be between 1 and 10000000",
+            e,
+        ),
+        flush_interval_seconds: s.integer(
+            "flush_interval_seconds",
+            d.flush_interval_seconds,
+            1,
+            3600,
+            "must be between 1 and 3600 seconds",
+            e,
+        ),
+        max_connections: s.integer(
+            "max_connections",
+            d.max_connections,
+            1,
+            256,
+            "must be between 1 and 256",
+            e,
+        ),
+        max_retries: s.integer(
+            "max_retries",
+            d.max_retries,
+            0,
+            100,
+            "must be between 0 and 100",
+            e,
+        ),
+        max_backoff_seconds: s.integer(
+            "max_backoff_seconds",
+            d.max_backoff_seconds,
+            1,
+            3600,
+            "must be between 1 and 3600 seconds",
+            e,
+        ),
+        request_timeout_seconds: s.integer(
+            "request_timeout_seconds",
+            d.request_timeout_seconds,
+            1,
+            600,
+            "must be between 1 and 600 seconds",
+            e,
+        ),
+    };
+    s.finish(e);
+    kpl
+}
+
+/// Kinesis stream names: 1 to 128 of `[a-zA-Z0-9_.-]`.
+fn check_stream_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(s.into())
+    } else {
+        Err("must be 1 to 128 characters of letters, digits, '_', '.' and '-'".into())
+    }
+}
+
+/// Region names are lowercase words joined by hyphens (`us-west-2`; the seed's `mars-1` too).
+fn check_region(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(s.into())
+    } else {
+        Err("must be a region name of lowercase letters, digits and '-', e.g. us-west-2".into())
+    }
+}
+
+/// A role to assume must at least be an ARN; STS judges the rest.
+fn check_role(s: &str) -> Result<String, String> {
+    if s.starts_with("arn:") && s.len() > 4 && !s.chars().any(char::is_whitespace) {
+        Ok(s.into())
+    } else {
+        Err("must be an IAM role ARN, e.g. arn:aws:iam::123456789012:role/name".into())
+    }
+}
+
+/// `http(s)://host[:port][/path]`, or a bare `host[:port]` as the seed allows, meaning https.
+fn normalise_endpoint(s: &str) -> Result<String, String> {
+    let rule = "must be a URL (http:// or https://) or a host name";
+    let (scheme, rest) = match s.split_once("://") {
+        Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
+        Some(_) => return Err(rule.into()),
+        None => ("https", s),
+    };
+    let host_port = rest.split('/').next().unwrap_or("");
+    let host = host_port.rsplit_once(':').map_or(host_port, |(h, port)| {
+        if port.parse::<u16>().is_ok() {
+            h
+        } else {
+            ""
+        }
+    });
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+    if host_ok {
+        Ok(format!("{scheme}://{rest}"))
+    } else {
+        Err(rule.into())
+    }
+}
+
+/// `host:port` for a listener.
+fn check_listen_address(s: &str) -> Result<String, String> {
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.into()),
+        _ => Err("must be host:port, e.g. 0.0.0.0:4317".into()),
+    }
+}

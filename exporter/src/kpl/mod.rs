@@ -1,0 +1,29 @@
+//! A KPL-grade Kinesis producer. It knows nothing of OTLP: user records in, PutRecords out.
+//!
+//! record -> aggregator (per predicted shard) -> batcher -> sender (bounded concurrency,
+//! retries with backoff) -> [`client::KinesisApi`].
+
+pub mod aggregator;
+mod backoff;
+pub mod batcher;
+pub mod client;
+pub mod metrics;
+mod producer;
+pub mod record;
+mod sender;
+pub mod shard_map;
+
+pub use backoff::{delay as backoff_delay, jittered_delay};
+pub use client::{EntryResult, KinesisApi, RequestError};
+pub use metrics::ProducerMetrics;
+pub use producer::{Producer, ProducerConfig, ProducerHandle, PutError, ShutdownReport};
+pub use record::{partition_key_hash, InvalidRecord, KinesisRecord, UserRecord};
+
+/// Every reason a user record can be dropped for, as the metric labels them.
+pub const DROP_REASONS: &[&str] = &[
+    "retries_exhausted",
+    "permanent_error",
+    "record_too_large",
+    "invalid_partition_key",
+    "shutdown_deadline",
+];

@@ -1,0 +1,482 @@
+//! The producer: takes user records, aggregates them per predicted shard, batches aggregates
+//! into PutRecords calls and sends at most `max_connections` of those at a time.
+//!
+//! One task owns all buffers (no locks on the hot path). Callers talk to it through a bounded
+//! channel of `backlog` records: when the task cannot keep up, callers wait.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustc_hash::FxHashMap;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use super::aggregator::{AggregateLimits, Aggregator};
+use super::batcher::{Batch, Batcher};
+use super::client::KinesisApi;
+use super::metrics::{ProducerMetrics, ResultLabel};
+use super::record::{InvalidRecord, KinesisRecord, UserRecord};
+use super::sender::{count_stored, send_batch, SendContext, SendOutcome};
+use super::shard_map::ShardMap;
+use crate::config::{KplConfig, KINESIS_MAX_RECORD_BYTES};
+
+/// Everything the producer needs to know, in its own units.
+#[derive(Debug, Clone)]
+pub struct ProducerConfig {
+    pub stream_name: String,
+    pub aggregate_max_count: u64,
+    pub aggregate_max_bytes: usize,
+    pub records_per_request: usize,
+    pub request_max_bytes: usize,
+    pub backlog: usize,
+    pub flush_interval: Duration,
+    pub max_connections: usize,
+    pub max_retries: u32,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    pub request_timeout: Duration,
+    /// Shortest time between two ListShards refreshes; doubles while refreshes fail.
+    pub shard_map_refresh_interval: Duration,
+}
+
+impl ProducerConfig {
+    pub fn new(stream_name: &str, kpl: &KplConfig) -> Self {
+        ProducerConfig {
+            stream_name: stream_name.to_string(),
+            aggregate_max_count: kpl.aggregate_batch_count,
+            aggregate_max_bytes: kpl.aggregate_batch_size as usize,
+            records_per_request: kpl.records_per_request(),
+            request_max_bytes: kpl.batch_size as usize,
+            backlog: kpl.backlog_count as usize,
+            flush_interval: kpl.flush_interval(),
+            max_connections: kpl.max_connections as usize,
+            max_retries: kpl.max_retries as u32,
+            base_backoff: Duration::from_millis(100),
+            max_backoff: kpl.max_backoff(),
+            request_timeout: kpl.request_timeout(),
+            shard_map_refresh_interval: Duration::from_secs(1),
+        }
+    }
+
+    /// A Kinesis record (data + key) must fit in one record and in one request.
+    fn max_record_bytes(&self) -> usize {
+        KINESIS_MAX_RECORD_BYTES.min(self.request_max_bytes)
+    }
+
+    fn aggregate_limits(&self) -> AggregateLimits {
+        AggregateLimits {
+            max_count: self.aggregate_max_count,
+            max_bytes: self.aggregate_max_bytes,
+            max_record_bytes: self.max_record_bytes(),
+        }
+    }
+}
+
+/// Why a put did not take a record.
+#[derive(Debug, thiserror::Error)]
+pub enum PutError {
+    #[error("invalid record: {0}")]
+    Invalid(#[from] InvalidRecord),
+    /// The backlog is full; the record is handed back.
+    #[error("the producer's backlog is full")]
+    Full(UserRecord),
+    #[error("the producer is shutting down")]
+    Closed,
+}
+
+/// The cheap, cloneable side that callers put records through.
+#[derive(Clone)]
+pub struct ProducerHandle {
+    tx: mpsc::Sender<UserRecord>,
+    metrics: Arc<ProducerMetrics>,
+}
+
+impl ProducerHandle {
+    /// Puts a record, waiting while the backlog is full.
+    pub async fn put(&self, record: UserRecord) -> Result<(), PutError> {
+        self.admit(&record)?;
+        self.tx.send(record).await.map_err(|_| PutError::Closed)
+    }
+
+    /// Puts a record if the backlog has room right now.
+    pub fn try_put(&self, record: UserRecord) -> Result<(), PutError> {
+        self.admit(&record)?;
+        self.tx.try_send(record).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(r) => PutError::Full(r),
+            mpsc::error::TrySendError::Closed(_) => PutError::Closed,
+        })
+    }
+
+    /// Counts the record and refuses one Kinesis could never take; that refusal is a drop.
+    fn admit(&self, record: &UserRecord) -> Result<(), PutError> {
+        self.metrics.user_records_received.inc();
+        record.check().map_err(|invalid| {
+            self.metrics.drop_records(invalid.reason(), 1);
+            tracing::warn!(reason = invalid.reason(), error = %invalid, "rejecting user record");
+            PutError::Invalid(invalid)
+        })
+    }
+
+    /// Records waiting in the backlog.
+    pub fn backlog(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    pub fn metrics(&self) -> &Arc<ProducerMetrics> {
+        &self.metrics
+    }
+}
+
+/// A running producer. Dropping it without [`Producer::shutdown`] abandons what is buffered.
+pub struct Producer {
+    handle: ProducerHandle,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// How a shutdown went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// User records still unsettled at the deadline; counted as dropped.
+    pub abandoned: u64,
+}
+
+impl Producer {
+    pub fn start(
+        config: ProducerConfig,
+        client: Arc<dyn KinesisApi>,
+        metrics: Arc<ProducerMetrics>,
+    ) -> Producer {
+        let (tx, rx) = mpsc::channel(config.backlog);
+        let (stop, stopped) = oneshot::channel();
+        let pipeline = Pipeline::new(config, client, metrics.clone());
+        let task = tokio::spawn(pipeline.run(rx, stopped));
+        Producer {
+            handle: ProducerHandle { tx, metrics },
+            stop,
+            task,
+        }
+    }
+
+    pub fn handle(&self) -> ProducerHandle {
+        self.handle.clone()
+    }
+
+    /// Stops taking records, flushes everything buffered and waits for in-flight requests,
+    /// for at most `deadline`. What is unsettled then is counted as dropped.
+    pub async fn shutdown(self, deadline: Duration) -> ShutdownReport {
+        let Producer {
+            handle,
+            stop,
+            mut task,
+        } = self;
+        let _ = stop.send(());
+        drop(handle.tx);
+        let metrics = handle.metrics;
+        if tokio::time::timeout(deadline, &mut task).await.is_ok() {
+            return ShutdownReport { abandoned: 0 };
+        }
+        task.abort();
+        let _ = task.await;
+        let abandoned = metrics.unsettled();
+        metrics.drop_records(DROP_SHUTDOWN_DEADLINE, abandoned as usize);
+        tracing::error!(
+            reason = DROP_SHUTDOWN_DEADLINE,
+            user_records = abandoned,
+            "shutdown deadline reached with records unsent; dropping them"
+        );
+        ShutdownReport { abandoned }
+    }
+}
+
+pub(super) const DROP_SHUTDOWN_DEADLINE: &str = "shutdown_deadline";
+pub(super) const DROP_RECORD_TOO_LARGE: &str = "record_too_large";
+
+/// Which aggregate a user record joins.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum AggregateKey {
+    /// Everything predicted for one shard (the shard map is known).
+    Shard(usize),
+    /// Safe mode without a shard map: records that share a partition key and hash key, which
+    /// therefore always land on the same shard.
+    Key(String, Option<u128>),
+}
+
+/// The state owned by the producer task.
+struct Pipeline {
+    config: ProducerConfig,
+    limits: AggregateLimits,
+    client: Arc<dyn KinesisApi>,
+    metrics: Arc<ProducerMetrics>,
+    send: Arc<SendContext>,
+    shard_map: Option<Arc<ShardMap>>,
+    next_refresh: Instant,
+    refresh_delay: Duration,
+    aggregators: FxHashMap<AggregateKey, Aggregator>,
+    batcher: Batcher,
+    ready: Vec<Batch>,
+    connections: Arc<Semaphore>,
+    jobs: JoinSet<SendOutcome>,
+}
+
+impl Pipeline {
+    fn new(
+        config: ProducerConfig,
+        client: Arc<dyn KinesisApi>,
+        metrics: Arc<ProducerMetrics>,
+    ) -> Self {
+        let send = Arc::new(SendContext {
+            client: client.clone(),
+            stream: config.stream_name.clone(),
+            metrics: metrics.clone(),
+            max_retries: config.max_retries,
+            base_backoff: config.base_backoff,
+            max_backoff: config.max_backoff,
+            request_timeout: config.request_timeout,
+        });
+        Pipeline {
+            limits: config.aggregate_limits(),
+            batcher: Batcher::new(config.records_per_request, config.request_max_bytes),
+            connections: Arc::new(Semaphore::new(config.max_connections)),
+            refresh_delay: config.shard_map_refresh_interval,
+            next_refresh: Instant::now(),
+            config,
+            client,
+            metrics,
+            send,
+            shard_map: None,
+            aggregators: FxHashMap::default(),
+            ready: Vec::new(),
+            jobs: JoinSet::new(),
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<UserRecord>, mut stop: oneshot::Receiver<()>) {
+        self.refresh_shard_map().await;
+        let mut ticker = tokio::time::interval(self.config.flush_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut stop => break,
+                received = rx.recv() => match received {
+                    Some(record) => {
+                        self.metrics.backlog.set(rx.len() as i64);
+                        self.add(record).await;
+                    }
+                    None => break,
+                },
+                _ = ticker.tick() => {
+                    if self.shard_map.is_none() && Instant::now() >= self.next_refresh {
+                        self.refresh_shard_map().await;
+                    }
+                    self.flush().await;
+                }
+                Some(done) = self.jobs.join_next() => self.settle(done).await,
+            }
+        }
+        // Shutdown: take what callers already handed over, flush it, and wait for every send.
+        rx.close();
+        while let Some(record) = rx.recv().await {
+            self.add(record).await;
+        }
+        self.metrics.backlog.set(0);
+        self.flush().await;
+        while let Some(done) = self.jobs.join_next().await {
+            self.settle(done).await;
+            self.flush().await;
+        }
+    }
+
+    /// Routes one user record into an aggregate, or straight into a batch when it is too big
+    /// to aggregate.
+    async fn add(&mut self, record: UserRecord) {
+        let raw = record.data.len() >= self.config.aggregate_max_bytes
+            || !Aggregator::fits_alone(self.limits, &record);
+        if raw {
+            if record.data.len() + record.partition_key.len() > self.config.max_record_bytes() {
+                self.metrics.drop_records(DROP_RECORD_TOO_LARGE, 1);
+                tracing::error!(
+                    reason = DROP_RECORD_TOO_LARGE,
+                    bytes = record.data.len() + record.partition_key.len(),
+                    batch_size = self.config.request_max_bytes,
+                    "dropping a user record larger than one PutRecords request may be"
+                );
+                return;
+            }
+            self.emit(KinesisRecord::raw(record)).await;
+            return;
+        }
+        let (key, routing) = match &self.shard_map {
+            Some(map) => match map.index_of(record.hash_key()) {
+                Some(i) => (AggregateKey::Shard(i), Some(map.get(i).start)),
+                // A gap in the map (mid-reshard): a raw record is always read correctly.
+                None => return self.emit(KinesisRecord::raw(record)).await,
+            },
+            None => (
+                AggregateKey::Key(record.partition_key.clone(), record.explicit_hash_key),
+                record.explicit_hash_key,
+            ),
+        };
+        let limits = self.limits;
+        let aggregator = self
+            .aggregators
+            .entry(key.clone())
+            .or_insert_with(|| Aggregator::new(limits, routing));
+        let full = match aggregator.try_add(record) {
+            // Full by count: nothing more can join, so it need not wait for the next record.
+            Ok(()) if aggregator.len() as u64 >= limits.max_count => {
+                let next = aggregator.successor();
+                std::mem::replace(aggregator, next)
+            }
+            Ok(()) => return,
+            Err(record) => {
+                let next = aggregator.successor();
+                let full = std::mem::replace(aggregator, next);
+                aggregator
+                    .try_add(record)
+                    .expect("a record that fits alone fits an empty aggregate");
+                full
+            }
+        };
+        if let Some(finished) = full.finish() {
+            self.emit_aggregate(&key, finished).await;
+        }
+    }
+
+    async fn emit_aggregate(&mut self, key: &AggregateKey, mut record: KinesisRecord) {
+        if let (AggregateKey::Shard(i), Some(map)) = (key, &self.shard_map) {
+            if record.is_aggregated() {
+                record.predicted_shard = Some(map.get(*i).id.clone());
+            }
+        }
+        self.emit(record).await;
+    }
+
+    /// Hands a finished Kinesis record to the batcher and sends the batches it fills.
+    async fn emit(&mut self, record: KinesisRecord) {
+        self.batcher.push(record, &mut self.ready);
+        self.dispatch_ready().await;
+    }
+
+    async fn dispatch_ready(&mut self) {
+        for batch in std::mem::take(&mut self.ready) {
+            // Waiting here is the back-pressure: while every connection is busy the task reads
+            // no more records and the backlog channel fills up.
+            let permit = self
+                .connections
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            self.jobs
+                .spawn(send_batch(self.send.clone(), batch.records, permit));
+        }
+    }
+
+    /// Sends every partial aggregate and batch.
+    async fn flush(&mut self) {
+        let aggregators = std::mem::take(&mut self.aggregators);
+        for (key, aggregator) in aggregators {
+            if let Some(record) = aggregator.finish() {
+                self.emit_aggregate(&key, record).await;
+            }
+        }
+        if let Some(batch) = self.batcher.take() {
+            self.ready.push(batch);
+        }
+        self.dispatch_ready().await;
+    }
+
+    /// Acts on a finished send: aggregates that landed on an unexpected shard mean the map is
+    /// stale; the user records that may now sit outside their shard's range are sent again.
+    async fn settle(&mut self, done: Result<SendOutcome, tokio::task::JoinError>) {
+        let outcome = match done {
+            Ok(outcome) => outcome,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(_) => return,
+        };
+        if outcome.wrong_shard.is_empty() {
+            return;
+        }
+        self.next_refresh = self.next_refresh.max(Instant::now());
+        tokio::time::sleep_until(self.next_refresh).await;
+        self.refresh_shard_map().await;
+        for (shard_id, record) in outcome.wrong_shard {
+            let landed = self
+                .shard_map
+                .as_ref()
+                .and_then(|m| m.by_id(&shard_id).cloned());
+            let (kept, resend): (Vec<_>, Vec<_>) = record
+                .user_records
+                .into_iter()
+                .partition(|r| landed.as_ref().is_some_and(|s| s.contains(r.hash_key())));
+            tracing::warn!(
+                predicted = record.predicted_shard.as_deref().unwrap_or(""),
+                landed = %shard_id,
+                resent = resend.len(),
+                "aggregate landed on an unexpected shard; resending its records outside that shard"
+            );
+            count_stored(
+                &self.metrics,
+                &record.data,
+                &record.partition_key,
+                kept.len(),
+            );
+            self.metrics.wrong_shard_resends.inc_by(resend.len() as u64);
+            for r in resend {
+                self.add(r).await;
+            }
+        }
+    }
+
+    /// Reads the open shards. On failure keeps the current map, or stays in safe mode, and
+    /// waits longer before the next try.
+    async fn refresh_shard_map(&mut self) {
+        let result = self.client.list_shards(&self.config.stream_name).await;
+        let map = result.map_err(|e| e.to_string()).and_then(ShardMap::new);
+        match map {
+            Ok(map) => {
+                tracing::info!(shards = map.len(), stream = %self.config.stream_name, "shard map loaded");
+                self.metrics
+                    .shard_map_refreshes
+                    .get_or_create(&ResultLabel { result: "ok" })
+                    .inc();
+                self.flush_before_remap().await;
+                self.shard_map = Some(Arc::new(map));
+                self.refresh_delay = self.config.shard_map_refresh_interval;
+            }
+            Err(error) => {
+                self.metrics
+                    .shard_map_refreshes
+                    .get_or_create(&ResultLabel { result: "error" })
+                    .inc();
+                self.refresh_delay = (self.refresh_delay * 2).min(Duration::from_secs(300));
+                if self.shard_map.is_none() {
+                    tracing::warn!(
+                        %error,
+                        retry_in = ?self.refresh_delay,
+                        "cannot read the shard map; aggregating one partition key per record \
+                         (safe for KCL consumers, less compact)"
+                    );
+                } else {
+                    tracing::warn!(%error, "cannot refresh the shard map; keeping the old one");
+                }
+            }
+        }
+        self.next_refresh = Instant::now() + self.refresh_delay;
+    }
+
+    /// Aggregates built for one map are flushed before another replaces it.
+    async fn flush_before_remap(&mut self) {
+        if !self.aggregators.is_empty() {
+            let aggregators = std::mem::take(&mut self.aggregators);
+            for (key, aggregator) in aggregators {
+                if let Some(record) = aggregator.finish() {
+                    self.emit_aggregate(&key, record).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! Sends one batch with PutRecords, retrying only what failed, until it is stored or given up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::backoff::jittered_delay;
+use super::client::{is_permanent_entry_error, EntryResult, KinesisApi};
+use super::metrics::{ProducerMetrics, ResultLabel};
+use super::record::KinesisRecord;
+
+/// What every send job shares.
+pub(super) struct SendContext {
+    pub client: Arc<dyn KinesisApi>,
+    pub stream: String,
+    pub metrics: Arc<ProducerMetrics>,
+    pub max_retries: u32,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    pub request_timeout: Duration,
+}
+
+/// What the producer must still act on after a batch is settled.
+#[derive(Default)]
+pub(super) struct SendOutcome {
+    /// Aggregates stored on another shard than predicted, with the shard they landed on.
+    pub wrong_shard: Vec<(String, KinesisRecord)>,
+}
+
+pub(super) const DROP_RETRIES_EXHAUSTED: &str = "retries_exhausted";
+pub(super) const DROP_PERMANENT_ERROR: &str = "permanent_error";
+
+/// Sends `pending` until every record is stored or dropped. Holds its connection permit
+/// throughout, also while backing off: when Kinesis throttles, that is what slows the producer
+/// and pushes back on callers instead of piling up retries in memory.
+pub(super) async fn send_batch(
+    ctx: Arc<SendContext>,
+    mut pending: Vec<KinesisRecord>,
+    _connection: OwnedSemaphorePermit,
+) -> SendOutcome {
+    let metrics = &ctx.metrics;
+    let mut outcome = SendOutcome::default();
+    let mut retry = 0u32;
+    loop {
+        metrics.in_flight_requests.inc();
+        let result = tokio::time::timeout(
+            ctx.request_timeout,
+            ctx.client.put_records(&ctx.stream, &pending),
+        )
+        .await;
+        metrics.in_flight_requests.dec();
+
+        let mut failed: Vec<(KinesisRecord, String)> = Vec::new();
+        match result {
+            Err(_elapsed) => {
+                count_call(metrics, "error");
+                failed.extend(pending.drain(..).map(|r| (r, "Timeout".to_string())));
+            }
+            Ok(Err(error)) if error.retryable => {
+                count_call(metrics, "error");
+                tracing::debug!(code = %error.code, message = %error.message, "PutRecords failed; will retry");
+                failed.extend(pending.drain(..).map(|r| (r, error.code.clone())));
+            }
+            Ok(Err(error)) => {
+                count_call(metrics, "error");
+                drop_records(
+                    metrics,
+                    DROP_PERMANENT_ERROR,
+                    &error.code,
+                    &error.message,
+                    &pending,
+                );
+                return outcome;
+            }
+            Ok(Ok(results)) => {
+                let mut partial = false;
+                for (record, result) in pending.drain(..).zip(results) {
+                    match result {
+                        EntryResult::Stored { shard_id } => {
+                            let wrong = record.is_aggregated()
+                                && record
+                                    .predicted_shard
+                                    .as_deref()
+                                    .is_some_and(|p| p != shard_id);
+                            if wrong {
+                                outcome.wrong_shard.push((shard_id, record));
+                            } else {
+                                count_delivered(metrics, &record);
+                            }
+                        }
+                        EntryResult::Failed { code, message }
+                            if is_permanent_entry_error(&code) =>
+                        {
+                            partial = true;
+                            drop_records(
+                                metrics,
+                                DROP_PERMANENT_ERROR,
+                                &code,
+                                &message,
+                                std::slice::from_ref(&record),
+                            );
+                        }
+                        EntryResult::Failed { code, .. } => {
+                            partial = true;
+                            failed.push((record, code));
+                        }
+                    }
+                }
+                count_call(metrics, if partial { "partial" } else { "ok" });
+            }
+        }
+        if failed.is_empty() {
+            return outcome;
+        }
+        retry += 1;
+        if retry > ctx.max_retries {
+            let (records, codes): (Vec<_>, Vec<_>) = failed.into_iter().unzip();
+            let last_code = codes.last().cloned().unwrap_or_default();
+            drop_records(
+                metrics,
+                DROP_RETRIES_EXHAUSTED,
+                &last_code,
+                &format!("still failing after {} attempts", ctx.max_retries + 1),
+                &records,
+            );
+            return outcome;
+        }
+        for (_, code) in &failed {
+            metrics
+                .records_retried
+                .get_or_create(&super::metrics::ReasonLabel {
+                    reason: code.clone(),
+                })
+                .inc();
+        }
+        pending = failed.into_iter().map(|(record, _)| record).collect();
+        tokio::time::sleep(jittered_delay(retry, ctx.base_backoff, ctx.max_backoff)).await;
+    }
+}
+
+fn count_call(metrics: &ProducerMetrics, result: &'static str) {
+    metrics
+        .put_records_calls
+        .get_or_create(&ResultLabel { result })
+        .inc();
+}
+
+fn count_delivered(metrics: &ProducerMetrics, record: &KinesisRecord) {
+    count_stored(
+        metrics,
+        &record.data,
+        &record.partition_key,
+        record.user_records.len(),
+    );
+}
+
+/// Counts one Kinesis record stored, carrying `user_records` user records that need no resend.
+pub(super) fn count_stored(
+    metrics: &ProducerMetrics,
+    data: &[u8],
+    partition_key: &str,
+    user_records: usize,
+) {
+    metrics.user_records_delivered.inc_by(user_records as u64);
+    metrics.kinesis_records_delivered.inc();
+    if data.starts_with(&super::aggregator::MAGIC) {
+        metrics.aggregated_records_delivered.inc();
+    }
+    metrics
+        .kinesis_bytes_delivered
+        .inc_by((data.len() + partition_key.len()) as u64);
+}
+
+fn drop_records(
+    metrics: &ProducerMetrics,
+    reason: &str,
+    code: &str,
+    message: &str,
+    records: &[KinesisRecord],
+) {
+    let user_records: usize = records.iter().map(|r| r.user_records.len()).sum();
+    metrics.drop_records(reason, user_records);
+    tracing::error!(
+        reason,
+        code,
+        message,
+        kinesis_records = records.len(),
+        user_records,
+        "dropping records"
+    );
+}

@@ -1,0 +1,98 @@
+//! Retry timing under tokio's paused clock: delays grow exponentially with jitter and stop
+//! growing at max_backoff, measured on the virtual clock, with no real sleeping.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use kinesis_exporter::config::KplConfig;
+use kinesis_exporter::kpl::shard_map::Shard;
+use kinesis_exporter::kpl::{
+    EntryResult, KinesisApi, KinesisRecord, Producer, ProducerConfig, ProducerMetrics,
+    RequestError, UserRecord,
+};
+use tokio::time::Instant;
+
+/// Throttles the first `failures` calls, then stores everything; notes when each call came.
+struct Throttled {
+    failures: usize,
+    calls: Mutex<Vec<Instant>>,
+}
+
+impl KinesisApi for Throttled {
+    fn put_records<'a>(
+        &'a self,
+        _stream: &'a str,
+        records: &'a [KinesisRecord],
+    ) -> BoxFuture<'a, Result<Vec<EntryResult>, RequestError>> {
+        Box::pin(async move {
+            let mut calls = self.calls.lock().unwrap();
+            calls.push(Instant::now());
+            if calls.len() <= self.failures {
+                return Err(RequestError {
+                    retryable: true,
+                    code: "ProvisionedThroughputExceededException".into(),
+                    message: "slow down".into(),
+                });
+            }
+            Ok(records
+                .iter()
+                .map(|_| EntryResult::Stored {
+                    shard_id: "shardId-0".into(),
+                })
+                .collect())
+        })
+    }
+
+    fn list_shards<'a>(
+        &'a self,
+        _stream: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Shard>, RequestError>> {
+        Box::pin(async {
+            Ok(vec![Shard {
+                id: "shardId-0".into(),
+                start: 0,
+                end: u128::MAX,
+            }])
+        })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_back_off_exponentially_with_jitter_up_to_the_cap() {
+    let client = Arc::new(Throttled {
+        failures: 8,
+        calls: Mutex::default(),
+    });
+    let kpl = KplConfig {
+        max_retries: 10,
+        max_backoff_seconds: 2,
+        flush_interval_seconds: 3600,
+        ..KplConfig::default()
+    };
+    let config = ProducerConfig::new("stream", &kpl);
+    assert_eq!(config.base_backoff, Duration::from_millis(100));
+    let metrics = Arc::new(ProducerMetrics::default());
+    let producer = Producer::start(config, client.clone(), metrics.clone());
+    producer
+        .handle()
+        .put(UserRecord::new("k", b"x".to_vec()))
+        .await
+        .unwrap();
+    producer.shutdown(Duration::from_secs(3600)).await;
+
+    let calls = client.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 9, "8 throttled attempts, then success");
+    let cap = Duration::from_secs(2);
+    for (retry, pair) in (1u32..).zip(calls.windows(2)) {
+        let gap = pair[1] - pair[0];
+        let ceiling = (Duration::from_millis(100) * 2u32.pow(retry - 1)).min(cap);
+        assert!(
+            gap >= ceiling / 2 && gap <= ceiling,
+            "retry {retry}: waited {gap:?}, expected within [{:?}, {ceiling:?}]",
+            ceiling / 2
+        );
+    }
+    assert_eq!(metrics.user_records_delivered.get(), 1);
+    assert_eq!(metrics.retried("ProvisionedThroughputExceededException"), 8);
+}

@@ -1,0 +1,442 @@
+//! The producer against faults: partial failures, throttling, 5xx, stalls, permanent errors,
+//! bounded concurrency, back-pressure, shutdown and resharding. Kinesis is a stand-in speaking
+//! the JSON 1.1 protocol, reached through the real AWS SDK client.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_credential_types::Credentials;
+use kinesis_exporter::aws::SdkKinesis;
+use kinesis_exporter::config::KplConfig;
+use kinesis_exporter::kpl::aggregator::deaggregate;
+use kinesis_exporter::kpl::{
+    partition_key_hash, Producer, ProducerConfig, ProducerHandle, ProducerMetrics, PutError,
+    UserRecord,
+};
+use support::standin::{Entry, Reply, StandIn};
+
+const THROTTLED: &str = "ProvisionedThroughputExceededException";
+
+/// Settings for fast tests: small backoff, short timeouts, no periodic flush.
+fn producer_config(tweak: impl FnOnce(&mut KplConfig)) -> ProducerConfig {
+    let mut kpl = KplConfig {
+        flush_interval_seconds: 3600,
+        ..KplConfig::default()
+    };
+    tweak(&mut kpl);
+    let mut config = ProducerConfig::new("stream", &kpl);
+    config.base_backoff = Duration::from_millis(5);
+    config.max_backoff = Duration::from_millis(40);
+    config.request_timeout = Duration::from_millis(500);
+    config
+}
+
+/// One user record per Kinesis record, so entries map 1:1 to what the test put.
+fn unaggregated(kpl: &mut KplConfig) {
+    kpl.aggregate_batch_count = 1;
+}
+
+async fn start(
+    standin: &StandIn,
+    config: ProducerConfig,
+) -> (Producer, ProducerHandle, Arc<ProducerMetrics>) {
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .load()
+        .await;
+    let client = SdkKinesis::new(&sdk, Some(&standin.url()), config.request_timeout);
+    let metrics = Arc::new(ProducerMetrics::default());
+    let producer = Producer::start(config, Arc::new(client), metrics.clone());
+    let handle = producer.handle();
+    (producer, handle, metrics)
+}
+
+fn numbered(i: usize) -> UserRecord {
+    UserRecord::new(format!("key-{i}"), format!("record-{i}").into_bytes())
+}
+
+fn entries_of(records: &[UserRecord]) -> Vec<Entry> {
+    records
+        .iter()
+        .map(|r| Entry {
+            partition_key: r.partition_key.clone(),
+            explicit_hash_key: None,
+            data: r.data.to_vec(),
+        })
+        .collect()
+}
+
+fn sorted(mut entries: Vec<Entry>) -> Vec<Entry> {
+    entries.sort_by(|a, b| (&a.partition_key, &a.data).cmp(&(&b.partition_key, &b.data)));
+    entries
+}
+
+#[tokio::test]
+async fn only_failed_entries_are_resent() {
+    let standin = StandIn::start(|call, entries| {
+        Reply::Entries(
+            (0..entries.len())
+                .map(|i| match (call, i % 3) {
+                    (0, 0) => Some(THROTTLED),
+                    (0, 1) => Some("InternalFailure"),
+                    _ => None,
+                })
+                .collect(),
+        )
+    })
+    .await;
+    let (producer, handle, metrics) = start(&standin, producer_config(unaggregated)).await;
+    let records: Vec<_> = (0..30).map(numbered).collect();
+    for r in &records {
+        handle.put(r.clone()).await.unwrap();
+    }
+    drop(handle);
+    assert_eq!(
+        producer.shutdown(Duration::from_secs(10)).await.abandoned,
+        0
+    );
+
+    let calls = standin.calls();
+    assert_eq!(
+        calls.len(),
+        2,
+        "one call, then one retry of the failed entries"
+    );
+    assert_eq!(calls[0], entries_of(&records));
+    let failed: Vec<Entry> = calls[0]
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| i % 3 != 2)
+        .map(|(_, e)| e.clone())
+        .collect();
+    assert_eq!(calls[1], failed, "exactly the failed entries, in order");
+    assert_eq!(
+        sorted(standin.stored()),
+        sorted(entries_of(&records)),
+        "each stored once"
+    );
+    assert_eq!(metrics.retried(THROTTLED), 10);
+    assert_eq!(metrics.retried("InternalFailure"), 10);
+    assert_eq!(metrics.user_records_delivered.get(), 30);
+    assert_eq!(metrics.dropped_total(), 0);
+    assert_eq!((metrics.calls("partial"), metrics.calls("ok")), (1, 1));
+}
+
+#[tokio::test]
+async fn request_level_throttling_and_5xx_are_retried() {
+    let standin = StandIn::start(|call, entries| match call {
+        0 => Reply::Error(500, "InternalFailure"),
+        1 => Reply::Error(400, THROTTLED),
+        2 => Reply::Error(400, "KMSThrottlingException"),
+        3 => Reply::Error(503, "ServiceUnavailable"),
+        _ => Reply::Entries(vec![None; entries.len()]),
+    })
+    .await;
+    let (producer, handle, metrics) = start(&standin, producer_config(unaggregated)).await;
+    let records: Vec<_> = (0..5).map(numbered).collect();
+    for r in &records {
+        handle.put(r.clone()).await.unwrap();
+    }
+    drop(handle);
+    producer.shutdown(Duration::from_secs(10)).await;
+
+    let calls = standin.calls();
+    assert_eq!(calls.len(), 5);
+    assert!(calls.iter().all(|c| *c == entries_of(&records)));
+    assert_eq!(sorted(standin.stored()), sorted(entries_of(&records)));
+    assert_eq!(metrics.calls("error"), 4);
+    assert_eq!(metrics.dropped_total(), 0);
+}
+
+#[tokio::test]
+async fn a_stalled_request_times_out_and_is_retried() {
+    let standin = StandIn::start(|call, entries| match call {
+        0 => Reply::Stall,
+        _ => Reply::Entries(vec![None; entries.len()]),
+    })
+    .await;
+    let (producer, handle, metrics) = start(&standin, producer_config(unaggregated)).await;
+    let records: Vec<_> = (0..3).map(numbered).collect();
+    for r in &records {
+        handle.put(r.clone()).await.unwrap();
+    }
+    drop(handle);
+    producer.shutdown(Duration::from_secs(10)).await;
+
+    assert_eq!(standin.calls().len(), 2);
+    assert_eq!(sorted(standin.stored()), sorted(entries_of(&records)));
+    assert_eq!(metrics.retried("Timeout"), 3);
+    assert_eq!(metrics.dropped_total(), 0);
+}
+
+#[tokio::test]
+async fn drops_are_counted_exactly_after_max_retries() {
+    let standin = StandIn::start(|_, entries| {
+        Reply::Entries(
+            entries
+                .iter()
+                .map(|e| e.partition_key.starts_with("doomed").then_some(THROTTLED))
+                .collect(),
+        )
+    })
+    .await;
+    let config = producer_config(|kpl| {
+        unaggregated(kpl);
+        kpl.max_retries = 3;
+    });
+    let (producer, handle, metrics) = start(&standin, config).await;
+    for i in 0..10 {
+        handle.put(numbered(i)).await.unwrap();
+    }
+    for i in 0..4 {
+        handle
+            .put(UserRecord::new(format!("doomed-{i}"), vec![i as u8]))
+            .await
+            .unwrap();
+    }
+    drop(handle);
+    producer.shutdown(Duration::from_secs(10)).await;
+
+    let mut sends: HashMap<String, usize> = HashMap::new();
+    for entry in standin.calls().into_iter().flatten() {
+        *sends.entry(entry.partition_key).or_default() += 1;
+    }
+    for i in 0..4 {
+        assert_eq!(
+            sends[&format!("doomed-{i}")],
+            4,
+            "1 attempt + max_retries 3"
+        );
+    }
+    assert_eq!(metrics.dropped("retries_exhausted"), 4);
+    assert_eq!(metrics.dropped_total(), 4);
+    assert_eq!(metrics.user_records_delivered.get(), 10);
+    assert_eq!(metrics.unsettled(), 0);
+}
+
+#[tokio::test]
+async fn permanent_errors_are_not_retried() {
+    for code in [
+        "ResourceNotFoundException",
+        "AccessDeniedException",
+        "ValidationException",
+    ] {
+        let standin = StandIn::start(move |_, _| Reply::Error(400, code)).await;
+        let (producer, handle, metrics) = start(&standin, producer_config(unaggregated)).await;
+        for i in 0..6 {
+            handle.put(numbered(i)).await.unwrap();
+        }
+        drop(handle);
+        producer.shutdown(Duration::from_secs(10)).await;
+        assert_eq!(standin.calls().len(), 1, "{code} must not be retried");
+        assert_eq!(metrics.dropped("permanent_error"), 6, "{code}");
+        assert_eq!(metrics.unsettled(), 0);
+    }
+}
+
+#[tokio::test]
+async fn max_connections_is_reached_and_never_exceeded() {
+    let standin = StandIn::start(|_, entries| Reply::Entries(vec![None; entries.len()])).await;
+    standin.close_gate();
+    let config = producer_config(|kpl| {
+        unaggregated(kpl);
+        kpl.batch_count = 1;
+        kpl.max_connections = 4;
+    });
+    let (producer, handle, metrics) = start(&standin, config).await;
+    for i in 0..20 {
+        handle.put(numbered(i)).await.unwrap();
+    }
+    standin
+        .wait_for_concurrent(4, Duration::from_secs(10))
+        .await;
+    // The producer holds one more batch while it waits for a connection; the other 15 records
+    // stay in the backlog. Had it sent more than 4, fewer would be left there.
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while handle.backlog() != 15 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the producer stops taking records while all connections are busy");
+    assert_eq!(standin.max_concurrent(), 4);
+    assert_eq!(metrics.in_flight_requests.get(), 4);
+
+    standin.open_gate();
+    drop(handle);
+    producer.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(standin.stored().len(), 20);
+    assert_eq!(standin.max_concurrent(), 4);
+}
+
+#[tokio::test]
+async fn back_pressure_reaches_the_caller_when_the_backlog_is_full() {
+    let standin = StandIn::start(|_, entries| Reply::Entries(vec![None; entries.len()])).await;
+    standin.close_gate();
+    let config = producer_config(|kpl| {
+        unaggregated(kpl);
+        kpl.batch_count = 1;
+        kpl.max_connections = 1;
+        kpl.backlog_count = 5;
+    });
+    let (producer, handle, _metrics) = start(&standin, config).await;
+    let mut accepted = 0;
+    for i in 0..100 {
+        match tokio::time::timeout(Duration::from_secs(1), handle.put(numbered(i))).await {
+            Ok(result) => {
+                result.unwrap();
+                accepted += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    // One record in flight, one waiting for the connection, five in the backlog.
+    assert_eq!(accepted, 7);
+    match handle.try_put(numbered(999)) {
+        Err(PutError::Full(record)) => assert_eq!(record, numbered(999)),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    standin.open_gate();
+    drop(handle);
+    producer.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(
+        sorted(standin.stored()),
+        sorted(entries_of(&(0..7).map(numbered).collect::<Vec<_>>()))
+    );
+}
+
+#[tokio::test]
+async fn shutdown_flushes_every_buffered_record() {
+    let standin = StandIn::start(|_, entries| Reply::Entries(vec![None; entries.len()])).await;
+    let (producer, handle, metrics) = start(&standin, producer_config(|_| {})).await;
+    let records: Vec<_> = (0..100)
+        .map(|i| {
+            UserRecord::new(
+                format!("key-{}", i % 10),
+                format!("record-{i}").into_bytes(),
+            )
+        })
+        .collect();
+    for r in &records {
+        handle.put(r.clone()).await.unwrap();
+    }
+    drop(handle);
+    let report = producer.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(report.abandoned, 0);
+
+    let mut got = Vec::new();
+    for entry in standin.stored() {
+        match deaggregate(&entry.data) {
+            Ok(subs) => got.extend(subs.into_iter().map(|(pk, _, data)| (pk, data.to_vec()))),
+            Err(_) => got.push((entry.partition_key, entry.data)),
+        }
+    }
+    got.sort();
+    let mut want: Vec<_> = records
+        .iter()
+        .map(|r| (r.partition_key.clone(), r.data.to_vec()))
+        .collect();
+    want.sort();
+    assert_eq!(got, want);
+    assert!(standin.stored().len() < 100, "records were aggregated");
+    assert_eq!(metrics.user_records_delivered.get(), 100);
+}
+
+#[tokio::test]
+async fn records_unsent_at_the_shutdown_deadline_are_counted_as_dropped() {
+    let standin = StandIn::start(|_, entries| Reply::Entries(vec![None; entries.len()])).await;
+    standin.close_gate();
+    let (producer, handle, metrics) = start(&standin, producer_config(unaggregated)).await;
+    for i in 0..3 {
+        handle.put(numbered(i)).await.unwrap();
+    }
+    drop(handle);
+    let report = producer.shutdown(Duration::from_millis(300)).await;
+    assert_eq!(report.abandoned, 3);
+    assert_eq!(metrics.dropped("shutdown_deadline"), 3);
+    assert_eq!(metrics.unsettled(), 0);
+}
+
+#[tokio::test]
+async fn an_aggregate_on_an_unexpected_shard_refreshes_the_map_and_resends_what_is_outside() {
+    const MID: u128 = u128::MAX / 2;
+    let standin = StandIn::start(|_, entries| Reply::Entries(vec![None; entries.len()])).await;
+    standin.set_shards(vec![
+        ("shardId-0", 0, MID),
+        ("shardId-1", MID + 1, u128::MAX),
+    ]);
+    standin.misroute_next_aggregates_to("shardId-1");
+    let (producer, handle, metrics) = start(&standin, producer_config(|_| {})).await;
+    let records: Vec<_> = (0..200)
+        .map(|i| {
+            UserRecord::new(
+                format!("key-{}", i % 40),
+                format!("record-{i}").into_bytes(),
+            )
+        })
+        .collect();
+    for r in &records {
+        handle.put(r.clone()).await.unwrap();
+    }
+    drop(handle);
+    producer.shutdown(Duration::from_secs(10)).await;
+
+    let on_shard_0 = records
+        .iter()
+        .filter(|r| partition_key_hash(&r.partition_key) <= MID)
+        .count();
+    assert!(on_shard_0 > 0 && on_shard_0 < 200);
+    assert_eq!(
+        standin.list_shards_calls(),
+        2,
+        "the map is read at start and refreshed once"
+    );
+    assert_eq!(metrics.wrong_shard_resends.get(), on_shard_0 as u64);
+    assert_eq!(metrics.user_records_delivered.get(), 200);
+
+    // Every record arrives; the resent ones arrive twice (once misplaced, once right).
+    let mut arrivals: HashMap<Vec<u8>, usize> = HashMap::new();
+    for entry in standin.stored() {
+        for (_, _, data) in deaggregate(&entry.data).unwrap() {
+            *arrivals.entry(data.to_vec()).or_default() += 1;
+        }
+    }
+    for r in &records {
+        let expected = if partition_key_hash(&r.partition_key) <= MID {
+            2
+        } else {
+            1
+        };
+        assert_eq!(arrivals[&r.data.to_vec()], expected, "{}", r.partition_key);
+    }
+}
+
+#[tokio::test]
+async fn oversized_and_badly_keyed_records_are_refused_and_counted() {
+    let standin = StandIn::start(|_, entries| Reply::Entries(vec![None; entries.len()])).await;
+    let (producer, handle, metrics) = start(&standin, producer_config(|_| {})).await;
+    let too_big = UserRecord::new("k", vec![0u8; 1024 * 1024]);
+    assert!(matches!(
+        handle.put(too_big).await,
+        Err(PutError::Invalid(_))
+    ));
+    let no_key = UserRecord::new("", vec![1]);
+    assert!(matches!(
+        handle.put(no_key).await,
+        Err(PutError::Invalid(_))
+    ));
+    let long_key = UserRecord::new("k".repeat(257), vec![1]);
+    assert!(matches!(
+        handle.put(long_key).await,
+        Err(PutError::Invalid(_))
+    ));
+    drop(handle);
+    producer.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(metrics.dropped("record_too_large"), 1);
+    assert_eq!(metrics.dropped("invalid_partition_key"), 2);
+    assert!(standin.calls().is_empty());
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs the end-to-end test suite from the repository root; arguments go to pytest
+# (test paths among them replace the default "tests"). Needs tests/install.sh to have run,
+# and the exporter binary (target/debug/kinesis-exporter or $KINESIS_EXPORTER_BIN).
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$repo"
+paths=(tests)
+for arg in "$@"; do
+  if [[ "$arg" != -* && -e "${arg%%::*}" ]]; then paths=(); break; fi
+done
+exec tests/.venv/bin/python -m pytest -q -p no:cacheprovider "${paths[@]}" "$@"
