@@ -344,6 +344,8 @@ async fn shutdown_flushes_every_buffered_record() {
     assert_eq!(got, want);
     assert!(standin.stored().len() < 100, "records were aggregated");
     assert_eq!(metrics.user_records_delivered.get(), 100);
+    let ratio = 100.0 / standin.stored().len() as f64;
+    assert_eq!(metrics.aggregation_ratio.get(), ratio);
 }
 
 #[tokio::test]
@@ -439,4 +441,35 @@ async fn oversized_and_badly_keyed_records_are_refused_and_counted() {
     assert_eq!(metrics.dropped("record_too_large"), 1);
     assert_eq!(metrics.dropped("invalid_partition_key"), 2);
     assert!(standin.calls().is_empty());
+}
+
+#[tokio::test]
+async fn without_a_shard_map_aggregates_never_mix_partition_keys() {
+    let standin = StandIn::start(|_, entries| Reply::Entries(vec![None; entries.len()])).await;
+    standin.deny_list_shards();
+    let (producer, handle, metrics) = start(&standin, producer_config(|_| {})).await;
+    let records: Vec<_> = (0..300)
+        .map(|i| UserRecord::new(format!("key-{}", i % 7), format!("record-{i}").into_bytes()))
+        .collect();
+    for r in &records {
+        handle.put(r.clone()).await.unwrap();
+    }
+    drop(handle);
+    producer.shutdown(Duration::from_secs(10)).await;
+
+    assert_eq!(standin.list_shards_calls(), 1);
+    assert_eq!(metrics.user_records_delivered.get(), 300);
+    let stored = standin.stored();
+    assert_eq!(stored.len(), 7, "one aggregate per partition key");
+    let mut got = 0;
+    for entry in stored {
+        let subs = deaggregate(&entry.data).unwrap();
+        assert!(subs.iter().all(|(pk, _, _)| *pk == entry.partition_key));
+        assert_eq!(
+            entry.explicit_hash_key, None,
+            "routed by its own partition key"
+        );
+        got += subs.len();
+    }
+    assert_eq!(got, 300);
 }

@@ -6,6 +6,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -32,6 +33,8 @@ pub struct ProducerMetrics {
     pub backlog: Gauge,
     pub shard_map_refreshes: Family<ResultLabel, Counter>,
     pub wrong_shard_resends: Counter,
+    /// User records per Kinesis record stored, since start.
+    pub aggregation_ratio: Gauge<f64, AtomicU64>,
     /// Sum over every drop reason, for the settled-records arithmetic.
     dropped_all: Counter,
 }
@@ -93,6 +96,11 @@ impl ProducerMetrics {
             "shard_map_refreshes",
             "ListShards refreshes of the shard map by result",
             self.shard_map_refreshes.clone(),
+        );
+        registry.register(
+            "aggregation_ratio",
+            "User records per Kinesis record stored since start",
+            self.aggregation_ratio.clone(),
         );
         registry.register(
             "wrong_shard_resends",

@@ -377,12 +377,7 @@ impl Pipeline {
 
     /// Sends every partial aggregate and batch.
     async fn flush(&mut self) {
-        let aggregators = std::mem::take(&mut self.aggregators);
-        for (key, aggregator) in aggregators {
-            if let Some(record) = aggregator.finish() {
-                self.emit_aggregate(&key, record).await;
-            }
-        }
+        self.finish_aggregates().await;
         if let Some(batch) = self.batcher.take() {
             self.ready.push(batch);
         }
@@ -443,7 +438,8 @@ impl Pipeline {
                     .shard_map_refreshes
                     .get_or_create(&ResultLabel { result: "ok" })
                     .inc();
-                self.flush_before_remap().await;
+                // Aggregates keyed by the old map's shard indexes must not outlive it.
+                self.finish_aggregates().await;
                 self.shard_map = Some(Arc::new(map));
                 self.refresh_delay = self.config.shard_map_refresh_interval;
             }
@@ -468,14 +464,11 @@ impl Pipeline {
         self.next_refresh = Instant::now() + self.refresh_delay;
     }
 
-    /// Aggregates built for one map are flushed before another replaces it.
-    async fn flush_before_remap(&mut self) {
-        if !self.aggregators.is_empty() {
-            let aggregators = std::mem::take(&mut self.aggregators);
-            for (key, aggregator) in aggregators {
-                if let Some(record) = aggregator.finish() {
-                    self.emit_aggregate(&key, record).await;
-                }
+    /// Closes every open aggregate and hands it to the batcher.
+    async fn finish_aggregates(&mut self) {
+        for (key, aggregator) in std::mem::take(&mut self.aggregators) {
+            if let Some(record) = aggregator.finish() {
+                self.emit_aggregate(&key, record).await;
             }
         }
     }

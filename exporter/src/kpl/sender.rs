@@ -170,6 +170,10 @@ pub(super) fn count_stored(
     metrics
         .kinesis_bytes_delivered
         .inc_by((data.len() + partition_key.len()) as u64);
+    metrics.aggregation_ratio.set(
+        metrics.user_records_delivered.get() as f64
+            / metrics.kinesis_records_delivered.get() as f64,
+    );
 }
 
 fn drop_records(

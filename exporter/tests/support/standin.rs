@@ -47,6 +47,7 @@ struct State {
     calls: Mutex<Vec<Vec<Entry>>>,
     stored: Mutex<Vec<Entry>>,
     list_shards_calls: AtomicUsize,
+    deny_list_shards: std::sync::atomic::AtomicBool,
     concurrent: AtomicUsize,
     max_concurrent: AtomicUsize,
     /// While closed, PutRecords calls wait here (after being counted as concurrent).
@@ -65,6 +66,7 @@ impl StandIn {
             calls: Mutex::default(),
             stored: Mutex::default(),
             list_shards_calls: AtomicUsize::new(0),
+            deny_list_shards: std::sync::atomic::AtomicBool::new(false),
             concurrent: AtomicUsize::new(0),
             max_concurrent: AtomicUsize::new(0),
             gate_open: Mutex::new(true),
@@ -94,6 +96,11 @@ impl StandIn {
     /// The next PutRecords call reports every aggregate it stores as landed on `shard`.
     pub fn misroute_next_aggregates_to(&self, shard: &str) {
         *self.state.misroute_to.lock().unwrap() = Some(shard.to_string());
+    }
+
+    /// Answers ListShards with AccessDeniedException, as for a role without that permission.
+    pub fn deny_list_shards(&self) {
+        self.state.deny_list_shards.store(true, Ordering::SeqCst);
     }
 
     pub fn calls(&self) -> Vec<Vec<Entry>> {
@@ -161,6 +168,12 @@ async fn handle(
     match target.as_str() {
         "Kinesis_20131202.ListShards" => {
             state.list_shards_calls.fetch_add(1, Ordering::SeqCst);
+            if state.deny_list_shards.load(Ordering::SeqCst) {
+                return amz_json(
+                    StatusCode::BAD_REQUEST,
+                    json!({"__type": "AccessDeniedException", "message": "not allowed"}),
+                );
+            }
             let shards: Vec<Value> = state
                 .shards
                 .lock()
