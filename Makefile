@@ -133,7 +133,7 @@ bench: ## Aggregation benchmark (criterion)
 	$(call say,cargo bench -p kinesis-exporter --bench aggregation)
 	@$(CARGO) bench -p kinesis-exporter --bench aggregation
 
-demo: build deps ## Put 20000 records into a 4-shard kinesalite stream and read them back
+demo: build deps ## Put 20000 records into kinesalite, then OTLP traces/metrics/logs over gRPC and HTTP; read back
 	$(call say,running the demo (tests/demo.py))
 	@$(VENV_PYTHON) tests/demo.py
 

@@ -588,3 +588,42 @@ def _put_line(record: dict) -> str:
     if record.get("explicit_hash_key") is not None:
         line["explicit_hash_key"] = str(record["explicit_hash_key"])
     return json.dumps(line) + "\n"
+
+
+# --------------------------------------------------------------------------- the exporter, long-running
+
+
+@pytest.fixture
+def exporter_process(exporter_bin, tmp_path):
+    """Factory: ``exporter_process(exporters, pipelines=..., grpc_options=..., ...)``.
+
+    Writes a Collector-style config with free 127.0.0.1 ports (gRPC, HTTP, telemetry), starts
+    ``kinesis-exporter --config FILE --log-format json``, waits for ``/readyz`` (or
+    ``ready_path``; ``ready_path=None`` skips the wait) and returns the
+    :class:`otlp_helpers.ExporterProcess`. At teardown every exporter still running gets
+    SIGTERM and must exit 0 within 30 s; its log is shown otherwise.
+    """
+    from otlp_helpers import ExporterProcess  # OTel packages only load for the tests that use them
+
+    started: list[ExporterProcess] = []
+
+    def start(exporters: dict, *, ready_path: str | None = "/readyz", **kwargs) -> ExporterProcess:
+        proc = ExporterProcess(exporter_bin, tmp_path / "exporter", exporters,
+                               name=f"exporter-{len(started)}", **kwargs)
+        started.append(proc)
+        proc.start()
+        if ready_path:
+            proc.wait_ready(ready_path)
+        return proc
+
+    yield start
+    failures = []
+    for proc in started:
+        try:
+            proc.stop()
+        except AssertionError as err:
+            failures.append(str(err))
+        finally:
+            proc.kill()
+    if failures:
+        pytest.fail("\n\n".join(failures), pytrace=False)

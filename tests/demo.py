@@ -1,10 +1,12 @@
 #!/usr/bin/env python3
-"""`make demo`: the producer end to end against a local Kinesis emulator.
+"""`make demo`: the producer and the OTLP ingress end to end against a local Kinesis emulator.
 
 Starts kinesalite on 127.0.0.1, creates a 4-shard stream, pipes ~20000 generated user
 records (200 bytes, ~1000 partition keys) into `kinesis-exporter put`, reads every shard
 back, deaggregates with the official PyPI aws_kinesis_agg, checks that exactly what was sent
-came back, and prints a short summary. kinesalite is stopped on exit, whatever happens.
+came back, and prints a short summary. Then tests/demo_otlp.py runs the exporter as a
+service, sends traces, metrics and logs with the OpenTelemetry SDK over gRPC and HTTP, and
+summarises what landed in Kinesis. kinesalite is stopped on exit, whatever happens.
 
 Run with the test venv: tests/.venv/bin/python tests/demo.py (after tests/install.sh and a
 cargo build). The binary is $KINESIS_EXPORTER_BIN or target/debug/kinesis-exporter.
@@ -144,7 +146,11 @@ def main() -> int:
                   "(a KCL consumer would drop them)")
         if ok:
             print("OK: every user record came back exactly once, each in the shard its partition key hashes to.")
-        print("(The OTLP part of the demo, traces/metrics/logs in over gRPC and HTTP, comes with the ingress.)")
+        print()
+
+        # Part two: the OTLP ingress, on the same kinesalite (tests/demo_otlp.py).
+        from demo_otlp import run_otlp_demo
+        ok = run_otlp_demo(binary, endpoint, workdir) and ok
         finished = ok
         return 0 if ok else 1
     finally:

@@ -6,5 +6,7 @@
 
 pub mod aws;
 pub mod config;
+pub mod encoding;
+pub mod ingress;
 pub mod kpl;
 pub mod telemetry;

@@ -1,5 +1,6 @@
 //! The `kinesis-exporter` command line.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use anyhow::{bail, Context};
 use base64::Engine;
 use clap::{Parser, Subcommand};
 use kinesis_exporter::config::{Config, ExporterConfig};
+use kinesis_exporter::ingress::{self, Ingress, IngressMetrics};
 use kinesis_exporter::kpl::{Producer, ProducerConfig, ProducerMetrics, UserRecord, DROP_REASONS};
 use kinesis_exporter::telemetry::{self, LogFormat};
 use kinesis_exporter::{aws, kpl};
@@ -125,25 +127,101 @@ async fn start_producer(
     )
 }
 
-/// Runs every configured exporter until SIGTERM or Ctrl-C, then drains them.
+/// Runs the exporter: OTLP over gRPC and HTTP in, one producer per exporter out, telemetry on
+/// the side. On SIGTERM or Ctrl-C: stop accepting, finish in-flight requests, flush, exit.
 async fn run(config: Config, shutdown_timeout: Duration) -> anyhow::Result<()> {
     let mut registry = telemetry::new_registry();
+    let readiness = telemetry::Readiness::default();
     let mut producers = Vec::new();
+    let mut handles = HashMap::new();
     for (id, exporter) in &config.exporters {
         let metrics = Arc::new(ProducerMetrics::default());
         metrics.register(registry.sub_registry_with_label(("exporter".into(), id.clone().into())));
-        producers.push(start_producer(id, exporter, metrics).await);
+        let producer = start_producer(id, exporter, metrics).await;
+        readiness.add_producer(producer.running_flag());
+        handles.insert(id.clone(), producer.handle());
+        producers.push((id.clone(), producer));
     }
-    tracing::info!(
-        exporters = producers.len(),
-        "running; send SIGTERM to drain and stop"
+    let ingress_metrics = IngressMetrics::default();
+    ingress_metrics.register(&mut registry);
+    let ingress = Ingress::new(ingress::routes(&config, &handles), ingress_metrics);
+    drop(handles);
+
+    let protocols = &config.receivers.otlp.protocols;
+    let grpc_listener = bind(
+        &protocols.grpc.endpoint,
+        "receivers.otlp.protocols.grpc.endpoint",
+    )
+    .await?;
+    let http_listener = bind(
+        &protocols.http.endpoint,
+        "receivers.otlp.protocols.http.endpoint",
+    )
+    .await?;
+    let telemetry_address = &config.service.telemetry.metrics.address;
+    let telemetry_listener = bind(telemetry_address, "service.telemetry.metrics.address").await?;
+
+    let (stop_ingress, ingress_stopped) = tokio::sync::watch::channel(false);
+    let (stop_telemetry, telemetry_stopped) = tokio::sync::watch::channel(false);
+    let grpc_router = ingress::grpc::router(
+        ingress.clone(),
+        (protocols.grpc.max_recv_msg_size_mib * 1024 * 1024) as usize,
     );
+    let http_router = ingress::http::router(
+        ingress.clone(),
+        protocols.http.max_request_body_size as usize,
+    );
+    let grpc = tokio::spawn(serve(grpc_listener, grpc_router, ingress_stopped.clone()));
+    let http = tokio::spawn(serve(http_listener, http_router, ingress_stopped));
+    let telemetry_server = tokio::spawn(serve(
+        telemetry_listener,
+        telemetry::router(Arc::new(registry), readiness.clone()),
+        telemetry_stopped,
+    ));
+    readiness.set_listening();
+    tracing::info!(
+        grpc = %protocols.grpc.endpoint,
+        http = %protocols.http.endpoint,
+        telemetry = %telemetry_address,
+        exporters = producers.len(),
+        "receiving OTLP; send SIGTERM to drain and stop"
+    );
+
     wait_for_signal().await;
-    tracing::info!("shutting down: flushing buffered records");
-    for producer in producers {
-        producer.shutdown(shutdown_timeout).await;
+    tracing::info!("shutting down: no new requests; finishing those under way");
+    let _ = stop_ingress.send(true);
+    for server in [grpc, http] {
+        server.await??;
     }
+    drop(ingress);
+    tracing::info!("flushing buffered records");
+    for (id, producer) in producers {
+        let report = producer.shutdown(shutdown_timeout).await;
+        tracing::info!(exporter = %id, abandoned = report.abandoned, "exporter stopped");
+    }
+    let _ = stop_telemetry.send(true);
+    telemetry_server.await??;
+    tracing::info!("stopped");
     Ok(())
+}
+
+async fn bind(address: &str, key: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} ({key})"))
+}
+
+/// Serves `router` until `stop` turns true, then lets requests under way finish.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .await
 }
 
 async fn wait_for_signal() {

@@ -1,6 +1,8 @@
 //! Structured logs and the Prometheus registry shared by every part of the exporter.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use clap::ValueEnum;
 use prometheus_client::registry::Registry;
@@ -32,4 +34,76 @@ pub fn init_logging(format: LogFormat) {
 /// The exporter's registry; metric names get the `kinesis_exporter` prefix.
 pub fn new_registry() -> Registry {
     Registry::with_prefix("kinesis_exporter")
+}
+
+/// Whether the exporter should get traffic: its listeners are bound and every producer runs.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    listening: Arc<AtomicBool>,
+    producers: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>>,
+}
+
+impl Readiness {
+    pub fn set_listening(&self) {
+        self.listening.store(true, Ordering::SeqCst);
+    }
+
+    pub fn add_producer(&self, running: Arc<AtomicBool>) {
+        self.producers.lock().unwrap().push(running);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.listening.load(Ordering::SeqCst)
+            && self
+                .producers
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|p| p.load(Ordering::SeqCst))
+    }
+}
+
+/// /metrics (Prometheus text), /healthz (the process answers) and /readyz.
+pub fn router(registry: Arc<Registry>, readiness: Readiness) -> axum::Router {
+    use axum::http::{header, StatusCode};
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut text = String::new();
+                    match prometheus_client::encoding::text::encode(&mut text, &registry) {
+                        Ok(()) => (
+                            StatusCode::OK,
+                            [(
+                                header::CONTENT_TYPE,
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            text,
+                        ),
+                        Err(e) => (
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            [(header::CONTENT_TYPE, "text/plain")],
+                            e.to_string(),
+                        ),
+                    }
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = readiness.is_ready();
+                async move {
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+                    }
+                }
+            }),
+        )
 }

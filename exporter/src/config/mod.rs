@@ -3,6 +3,7 @@
 //! Loading is two steps: YAML text to a generic value, then a validating walk ([`validate`]) that
 //! fills defaults and collects *every* problem (key, value, rule) before anything starts.
 
+mod service;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -24,6 +25,70 @@ pub struct Config {
     pub receivers: Receivers,
     /// Exporter instances by Collector-style id: `kinesis`, `kinesis/traces`, ...
     pub exporters: BTreeMap<String, ExporterConfig>,
+    pub service: Service,
+}
+
+/// The three OpenTelemetry signals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    Traces,
+    Metrics,
+    Logs,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 3] = [Signal::Traces, Signal::Metrics, Signal::Logs];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Metrics => "metrics",
+            Signal::Logs => "logs",
+        }
+    }
+}
+
+/// Which exporters each signal goes to, and the exporter's own telemetry.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Service {
+    /// Pipelines by Collector-style id (`traces`, `logs/audit`, ...).
+    pub pipelines: BTreeMap<String, Pipeline>,
+    pub telemetry: ServiceTelemetry,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Pipeline {
+    pub receivers: Vec<String>,
+    pub exporters: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceTelemetry {
+    pub metrics: MetricsTelemetry,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricsTelemetry {
+    /// `host:port` serving /metrics, /healthz and /readyz.
+    pub address: String,
+}
+
+impl Service {
+    /// The exporters that receive `signal`, each once, in pipeline order.
+    pub fn exporters_for(&self, signal: Signal) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for (id, pipeline) in &self.pipelines {
+            if service::pipeline_signal(id) == Some(signal) {
+                for exporter in &pipeline.exporters {
+                    if !out.contains(exporter) {
+                        out.push(exporter.clone());
+                    }
+                }
+            }
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -38,14 +103,24 @@ pub struct OtlpReceiver {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OtlpProtocols {
-    pub grpc: Endpoint,
-    pub http: Endpoint,
+    pub grpc: GrpcProtocol,
+    pub http: HttpProtocol,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Endpoint {
+pub struct GrpcProtocol {
     /// `host:port` to listen on.
     pub endpoint: String,
+    /// Largest request message accepted, in MiB (after decompression).
+    pub max_recv_msg_size_mib: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HttpProtocol {
+    /// `host:port` to listen on.
+    pub endpoint: String,
+    /// Largest request body accepted, in bytes, both as sent and after decompression.
+    pub max_request_body_size: u64,
 }
 
 /// One `kinesis[/name]` exporter instance.
@@ -54,6 +129,70 @@ pub struct ExporterConfig {
     pub aws: AwsConfig,
     pub kpl: KplConfig,
     pub encoding: Encoding,
+    /// Ours: compression of each user record's payload.
+    pub compression: Compression,
+    /// Ours: how user records are keyed, per signal.
+    pub partition_key: PartitionKeys,
+    /// Ours: how long an OTLP request waits for room in a full backlog before it is answered
+    /// with a retryable error.
+    pub enqueue_timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Compression {
+    #[default]
+    None,
+    Gzip,
+    Zstd,
+}
+
+/// How a user record's partition key is chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PartitionKey {
+    /// The span's (or log record's) trace id in hex: a trace stays on one shard.
+    TraceId,
+    /// A random key per user record: even spread over shards.
+    Random,
+    /// The value of this resource attribute (random when the resource lacks it).
+    Attribute(String),
+}
+
+impl Serialize for PartitionKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(match self {
+            PartitionKey::TraceId => "trace_id",
+            PartitionKey::Random => "random",
+            PartitionKey::Attribute(name) => name,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionKeys {
+    pub traces: PartitionKey,
+    pub metrics: PartitionKey,
+    pub logs: PartitionKey,
+}
+
+impl PartitionKeys {
+    pub fn for_signal(&self, signal: Signal) -> &PartitionKey {
+        match signal {
+            Signal::Traces => &self.traces,
+            Signal::Metrics => &self.metrics,
+            Signal::Logs => &self.logs,
+        }
+    }
+}
+
+impl Default for PartitionKeys {
+    fn default() -> Self {
+        PartitionKeys {
+            traces: PartitionKey::TraceId,
+            metrics: PartitionKey::Random,
+            logs: PartitionKey::Random,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -141,11 +280,13 @@ impl Default for Receivers {
         Receivers {
             otlp: OtlpReceiver {
                 protocols: OtlpProtocols {
-                    grpc: Endpoint {
+                    grpc: GrpcProtocol {
                         endpoint: "0.0.0.0:4317".into(),
+                        max_recv_msg_size_mib: 4,
                     },
-                    http: Endpoint {
+                    http: HttpProtocol {
                         endpoint: "0.0.0.0:4318".into(),
+                        max_request_body_size: 20 * 1024 * 1024,
                     },
                 },
             },
@@ -215,6 +356,16 @@ impl Config {
     /// Start-up warnings about values that are legal but do not mean what they seem to.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
+        for id in self.exporters.keys() {
+            if Signal::ALL
+                .iter()
+                .all(|s| !self.service.exporters_for(*s).contains(id))
+            {
+                out.push(format!(
+                    "exporters.{id} is in no pipeline of service.pipelines and receives nothing"
+                ));
+            }
+        }
         for (id, exporter) in &self.exporters {
             if exporter.kpl.batch_count as usize > KINESIS_MAX_RECORDS_PER_REQUEST {
                 out.push(format!(

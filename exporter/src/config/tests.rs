@@ -245,7 +245,8 @@ fn endpoints_are_normalised_to_urls() {
 #[test]
 fn named_instances_and_exporter_presence() {
     let config = Config::from_yaml(
-        "exporters:\n  kinesis/traces: {aws: {stream_name: t}}\n  kinesis/logs: {aws: {stream_name: l}}\n",
+        "exporters:\n  kinesis/traces: {aws: {stream_name: t}}\n  kinesis/logs: {aws: {stream_name: l}}\n\
+         service:\n  pipelines:\n    traces: {exporters: [kinesis/traces]}\n    logs: {exporters: [kinesis/logs]}\n",
     )
     .unwrap();
     assert_eq!(config.exporters["kinesis/traces"].aws.stream_name, "t");
@@ -278,4 +279,113 @@ fn effective_config_round_trips() {
         "{rendered}"
     );
     assert_eq!(Config::from_yaml(&rendered).unwrap(), config);
+}
+
+#[test]
+fn without_a_service_section_the_single_exporter_takes_every_signal() {
+    let config = Config::from_yaml("exporters:\n  kinesis:\n").unwrap();
+    for signal in Signal::ALL {
+        assert_eq!(config.service.exporters_for(signal), ["kinesis"]);
+    }
+    assert_eq!(config.service.telemetry.metrics.address, "0.0.0.0:8888");
+}
+
+#[test]
+fn pipelines_route_signals_to_named_exporters() {
+    let text = r#"
+exporters:
+  kinesis/traces: {aws: {stream_name: t}}
+  kinesis/logs: {aws: {stream_name: l}, compression: zstd, encoding: otlp_json,
+                 partition_key: {logs: service.name}, enqueue_timeout_seconds: 0}
+service:
+  pipelines:
+    traces: {receivers: [otlp], exporters: [kinesis/traces]}
+    logs: {receivers: [otlp], exporters: [kinesis/logs]}
+    logs/copy: {receivers: [otlp], exporters: [kinesis/traces, kinesis/logs]}
+  telemetry: {metrics: {address: "127.0.0.1:9999"}}
+"#;
+    let config = Config::from_yaml(text).unwrap();
+    assert_eq!(
+        config.service.exporters_for(Signal::Traces),
+        ["kinesis/traces"]
+    );
+    assert_eq!(
+        config.service.exporters_for(Signal::Logs),
+        ["kinesis/logs", "kinesis/traces"]
+    );
+    assert!(config.service.exporters_for(Signal::Metrics).is_empty());
+    let logs = &config.exporters["kinesis/logs"];
+    assert_eq!(logs.compression, Compression::Zstd);
+    assert_eq!(logs.encoding, Encoding::OtlpJson);
+    assert_eq!(
+        logs.partition_key.logs,
+        PartitionKey::Attribute("service.name".into())
+    );
+    assert_eq!(logs.partition_key.traces, PartitionKey::TraceId);
+    assert_eq!(logs.enqueue_timeout_seconds, 0);
+    assert_eq!(config.service.telemetry.metrics.address, "127.0.0.1:9999");
+    assert_eq!(Config::from_yaml(&config.to_yaml()).unwrap(), config);
+}
+
+#[test]
+fn pipeline_mistakes_are_reported_with_their_keys() {
+    let text = r#"
+exporters:
+  kinesis/a: {}
+  kinesis/b: {}
+service:
+  pipelines:
+    traces: {receivers: [zipkin], processors: [batch], exporters: [kinesis/c]}
+    profiles: {exporters: [kinesis/a]}
+"#;
+    let errors = Config::from_yaml(text).unwrap_err().0;
+    let got: Vec<(&str, Option<&str>)> = errors
+        .iter()
+        .map(|e| (e.key.as_str(), e.value.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("service.pipelines.traces.receivers", Some("\"zipkin\"")),
+            ("service.pipelines.traces.processors", Some("\"batch\"")),
+            ("service.pipelines.traces.exporters", Some("\"kinesis/c\"")),
+            ("service.pipelines.traces.exporters", None),
+            ("service.pipelines.profiles", None),
+        ]
+    );
+    let err = single_error(Config::from_yaml(
+        "exporters:\n  kinesis/a: {}\n  kinesis/b: {}\n",
+    ));
+    assert_eq!(err.key, "service.pipelines");
+}
+
+#[test]
+fn ingress_and_record_keys_have_limits() {
+    let err = single_error(Config::from_yaml(
+        "exporters:\n  kinesis: {partition_key: {metrics: trace_id}}\n",
+    ));
+    assert_eq!(err.key, "exporters.kinesis.partition_key.metrics");
+    let err = single_error(Config::from_yaml(
+        "exporters:\n  kinesis: {compression: lz4}\n",
+    ));
+    assert_eq!(err.key, "exporters.kinesis.compression");
+    let err = single_error(Config::from_yaml(
+        "receivers: {otlp: {protocols: {grpc: {max_recv_msg_size_mib: 0}}}}\nexporters: {kinesis: }\n",
+    ));
+    assert_eq!(
+        err.key,
+        "receivers.otlp.protocols.grpc.max_recv_msg_size_mib"
+    );
+    let config = Config::from_yaml(
+        "receivers: {otlp: {protocols: {http: {max_request_body_size: 1000}}}}\nexporters: {kinesis: }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        config.receivers.otlp.protocols.http.max_request_body_size,
+        1000
+    );
+    assert_eq!(
+        config.receivers.otlp.protocols.grpc.max_recv_msg_size_mib,
+        4
+    );
 }

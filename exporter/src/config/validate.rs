@@ -29,14 +29,14 @@ pub(super) fn load(text: &str) -> Result<Config, ConfigErrors> {
 }
 
 /// The keys of one mapping, consumed one by one; what is left over is unknown.
-struct Section<'a> {
+pub(super) struct Section<'a> {
     path: String,
-    entries: Vec<(String, &'a Value)>,
+    pub(super) entries: Vec<(String, &'a Value)>,
 }
 
 impl<'a> Section<'a> {
     /// A section at `path`; a missing or null value is an empty section.
-    fn new(path: &str, value: Option<&'a Value>, errors: &mut Vec<ConfigError>) -> Self {
+    pub(super) fn new(path: &str, value: Option<&'a Value>, errors: &mut Vec<ConfigError>) -> Self {
         let mut entries = Vec::new();
         match value {
             None | Some(Value::Null) => {}
@@ -53,7 +53,7 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn key(&self, name: &str) -> String {
+    pub(super) fn key(&self, name: &str) -> String {
         if self.path.is_empty() {
             name.to_string()
         } else {
@@ -61,13 +61,13 @@ impl<'a> Section<'a> {
         }
     }
 
-    fn take(&mut self, name: &str) -> Option<&'a Value> {
+    pub(super) fn take(&mut self, name: &str) -> Option<&'a Value> {
         let at = self.entries.iter().position(|(k, _)| k == name)?;
         Some(self.entries.remove(at).1)
     }
 
     /// An unsigned integer in `min..=max`, or `default` when absent.
-    fn integer(
+    pub(super) fn integer(
         &mut self,
         name: &str,
         default: u64,
@@ -102,7 +102,7 @@ impl<'a> Section<'a> {
     }
 
     /// A string that passes `check` (which returns the rule broken), or `None` when absent.
-    fn string(
+    pub(super) fn string(
         &mut self,
         name: &str,
         check: impl Fn(&str) -> Result<String, String>,
@@ -134,7 +134,7 @@ impl<'a> Section<'a> {
     }
 
     /// Reports every key nobody took.
-    fn finish(self, errors: &mut Vec<ConfigError>) {
+    pub(super) fn finish(self, errors: &mut Vec<ConfigError>) {
         for (name, _) in &self.entries {
             errors.push(ConfigError {
                 key: self.key(name),
@@ -164,7 +164,7 @@ fn mapping_entries<'a>(
     entries
 }
 
-fn show(v: &Value) -> String {
+pub(super) fn show(v: &Value) -> String {
     match v {
         Value::String(s) => format!("{s:?}"),
         other => serde_yaml_ng::to_string(other)
@@ -177,10 +177,12 @@ fn walk_root(root: &Value, errors: &mut Vec<ConfigError>) -> Config {
     let mut top = Section::new("", Some(root), errors);
     let receivers = walk_receivers(top.take("receivers"), errors);
     let exporters = walk_exporters(top.take("exporters"), errors);
+    let service = super::service::walk_service(top.take("service"), &exporters, errors);
     top.finish(errors);
     Config {
         receivers,
         exporters,
+        service,
     }
 }
 
@@ -189,15 +191,44 @@ fn walk_receivers(value: Option<&Value>, errors: &mut Vec<ConfigError>) -> Recei
     let mut section = Section::new("receivers", value, errors);
     let mut otlp = Section::new("receivers.otlp", section.take("otlp"), errors);
     let mut protocols = Section::new("receivers.otlp.protocols", otlp.take("protocols"), errors);
-    for (name, slot) in [
-        ("grpc", &mut receivers.otlp.protocols.grpc),
-        ("http", &mut receivers.otlp.protocols.http),
-    ] {
-        let path = format!("receivers.otlp.protocols.{name}");
-        let mut protocol = Section::new(&path, protocols.take(name), errors);
+    {
+        let grpc = &mut receivers.otlp.protocols.grpc;
+        let mut protocol = Section::new(
+            "receivers.otlp.protocols.grpc",
+            protocols.take("grpc"),
+            errors,
+        );
         if let Some(endpoint) = protocol.string("endpoint", check_listen_address, errors) {
-            slot.endpoint = endpoint;
+            grpc.endpoint = endpoint;
         }
+        grpc.max_recv_msg_size_mib = protocol.integer(
+            "max_recv_msg_size_mib",
+            grpc.max_recv_msg_size_mib,
+            1,
+            1024,
+            "must be between 1 and 1024 (MiB)",
+            errors,
+        );
+        protocol.finish(errors);
+    }
+    {
+        let http = &mut receivers.otlp.protocols.http;
+        let mut protocol = Section::new(
+            "receivers.otlp.protocols.http",
+            protocols.take("http"),
+            errors,
+        );
+        if let Some(endpoint) = protocol.string("endpoint", check_listen_address, errors) {
+            http.endpoint = endpoint;
+        }
+        http.max_request_body_size = protocol.integer(
+            "max_request_body_size",
+            http.max_request_body_size,
+            1,
+            1 << 30,
+            "must be between 1 and 1073741824 (bytes)",
+            errors,
+        );
         protocol.finish(errors);
     }
     protocols.finish(errors);
@@ -257,8 +288,79 @@ fn walk_exporter(path: &str, value: &Value, errors: &mut Vec<ConfigError>) -> Ex
         Some("otlp_json") => Encoding::OtlpJson,
         _ => Encoding::OtlpProto,
     };
+    let compression = match section
+        .string(
+            "compression",
+            |s| match s {
+                "none" | "gzip" | "zstd" => Ok(s.to_string()),
+                _ => Err("must be one of none, gzip, zstd".into()),
+            },
+            errors,
+        )
+        .as_deref()
+    {
+        Some("gzip") => Compression::Gzip,
+        Some("zstd") => Compression::Zstd,
+        _ => Compression::None,
+    };
+    let partition_key = walk_partition_keys(
+        &format!("{path}.partition_key"),
+        section.take("partition_key"),
+        errors,
+    );
+    let enqueue_timeout_seconds = section.integer(
+        "enqueue_timeout_seconds",
+        5,
+        0,
+        300,
+        "must be between 0 and 300 seconds",
+        errors,
+    );
     section.finish(errors);
-    ExporterConfig { aws, kpl, encoding }
+    ExporterConfig {
+        aws,
+        kpl,
+        encoding,
+        compression,
+        partition_key,
+        enqueue_timeout_seconds,
+    }
+}
+
+fn walk_partition_keys(
+    path: &str,
+    value: Option<&Value>,
+    errors: &mut Vec<ConfigError>,
+) -> PartitionKeys {
+    let mut keys = PartitionKeys::default();
+    let mut section = Section::new(path, value, errors);
+    for signal in Signal::ALL {
+        let parsed = section.string(
+            signal.as_str(),
+            |s| match s {
+                "trace_id" if signal == Signal::Metrics => {
+                    Err("metrics carry no trace id; use random or a resource attribute".into())
+                }
+                "" => Err("must be trace_id, random or a resource attribute name".into()),
+                _ => Ok(s.to_string()),
+            },
+            errors,
+        );
+        if let Some(name) = parsed {
+            let key = match name.as_str() {
+                "trace_id" => PartitionKey::TraceId,
+                "random" => PartitionKey::Random,
+                _ => PartitionKey::Attribute(name),
+            };
+            match signal {
+                Signal::Traces => keys.traces = key,
+                Signal::Metrics => keys.metrics = key,
+                Signal::Logs => keys.logs = key,
+            }
+        }
+    }
+    section.finish(errors);
+    keys
 }
 
 fn walk_aws(path: &str, value: Option<&Value>, errors: &mut Vec<ConfigError>) -> AwsConfig {
@@ -432,7 +534,7 @@ fn normalise_endpoint(s: &str) -> Result<String, String> {
 }
 
 /// `host:port` for a listener.
-fn check_listen_address(s: &str) -> Result<String, String> {
+pub(super) fn check_listen_address(s: &str) -> Result<String, String> {
     match s.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.into()),
         _ => Err("must be host:port, e.g. 0.0.0.0:4317".into()),

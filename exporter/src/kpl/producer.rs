@@ -4,6 +4,7 @@
 //! One task owns all buffers (no locks on the hot path). Callers talk to it through a bounded
 //! channel of `backlog` records: when the task cannot keep up, callers wait.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -95,23 +96,64 @@ pub struct ProducerHandle {
 impl ProducerHandle {
     /// Puts a record, waiting while the backlog is full.
     pub async fn put(&self, record: UserRecord) -> Result<(), PutError> {
-        self.admit(&record)?;
-        self.tx.send(record).await.map_err(|_| PutError::Closed)
+        self.refuse_invalid(&record)?;
+        self.tx.send(record).await.map_err(|_| PutError::Closed)?;
+        self.metrics.user_records_received.inc();
+        Ok(())
     }
 
     /// Puts a record if the backlog has room right now.
     pub fn try_put(&self, record: UserRecord) -> Result<(), PutError> {
-        self.admit(&record)?;
+        self.refuse_invalid(&record)?;
         self.tx.try_send(record).map_err(|e| match e {
             mpsc::error::TrySendError::Full(r) => PutError::Full(r),
             mpsc::error::TrySendError::Closed(_) => PutError::Closed,
-        })
+        })?;
+        self.metrics.user_records_received.inc();
+        Ok(())
     }
 
-    /// Counts the record and refuses one Kinesis could never take; that refusal is a drop.
-    fn admit(&self, record: &UserRecord) -> Result<(), PutError> {
-        self.metrics.user_records_received.inc();
+    /// Puts a group of records, waiting at most `wait` for room for them. Room is reserved for
+    /// a whole chunk (up to the backlog's capacity) before any of it is sent, so a request
+    /// normally goes in entirely or not at all. Invalid records are refused, counted as
+    /// dropped and skipped; their number is returned. On `Full` the records not yet handed
+    /// over are not counted anywhere: the caller still has them and must say so.
+    pub async fn put_all(
+        &self,
+        records: Vec<UserRecord>,
+        wait: Duration,
+    ) -> Result<usize, PutError> {
+        let before = records.len();
+        let valid: Vec<UserRecord> = records
+            .into_iter()
+            .filter(|r| self.refuse_invalid(r).is_ok())
+            .collect();
+        let invalid = before - valid.len();
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut records = valid.into_iter().peekable();
+        while records.peek().is_some() {
+            let chunk: Vec<UserRecord> = records.by_ref().take(self.tx.max_capacity()).collect();
+            let reserved =
+                tokio::time::timeout_at(deadline, self.tx.reserve_many(chunk.len())).await;
+            let permits = match reserved {
+                Ok(Ok(permits)) => permits,
+                Ok(Err(_)) => return Err(PutError::Closed),
+                Err(_) => return Err(PutError::Full(chunk.into_iter().next().expect("non-empty"))),
+            };
+            self.metrics
+                .user_records_received
+                .inc_by(chunk.len() as u64);
+            for (permit, record) in permits.zip(chunk) {
+                permit.send(record);
+            }
+        }
+        Ok(invalid)
+    }
+
+    /// Refuses a record Kinesis could never take; that refusal is counted as a drop.
+    fn refuse_invalid(&self, record: &UserRecord) -> Result<(), PutError> {
         record.check().map_err(|invalid| {
+            self.metrics.user_records_received.inc();
             self.metrics.drop_records(invalid.reason(), 1);
             tracing::warn!(reason = invalid.reason(), error = %invalid, "rejecting user record");
             PutError::Invalid(invalid)
@@ -133,6 +175,16 @@ pub struct Producer {
     handle: ProducerHandle,
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
+    running: Arc<AtomicBool>,
+}
+
+/// Clears the running flag when the producer task ends, however it ends.
+struct RunningGuard(Arc<AtomicBool>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
 }
 
 /// How a shutdown went.
@@ -151,12 +203,23 @@ impl Producer {
         let (tx, rx) = mpsc::channel(config.backlog);
         let (stop, stopped) = oneshot::channel();
         let pipeline = Pipeline::new(config, client, metrics.clone());
-        let task = tokio::spawn(pipeline.run(rx, stopped));
+        let running = Arc::new(AtomicBool::new(true));
+        let guard = RunningGuard(running.clone());
+        let task = tokio::spawn(async move {
+            let _guard = guard;
+            pipeline.run(rx, stopped).await
+        });
         Producer {
             handle: ProducerHandle { tx, metrics },
             stop,
             task,
+            running,
         }
+    }
+
+    /// True until the producer task ends; for readiness checks.
+    pub fn running_flag(&self) -> Arc<AtomicBool> {
+        self.running.clone()
     }
 
     pub fn handle(&self) -> ProducerHandle {
@@ -170,6 +233,7 @@ impl Producer {
             handle,
             stop,
             mut task,
+            ..
         } = self;
         let _ = stop.send(());
         drop(handle.tx);

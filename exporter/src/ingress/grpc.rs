@@ -1,0 +1,227 @@
+//! OTLP/gRPC: the trace, metrics and logs Export services, served by axum over HTTP/2 with
+//! tonic's gRPC framing. A codec of our own turns an undecodable message into
+//! INVALID_ARGUMENT (tonic's own says INTERNAL, which OTLP clients would retry forever).
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceResponse,
+};
+use prost::Message;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::Status;
+
+use super::http::partial;
+use super::{Accepted, ExportError, Ingress};
+use crate::config::Signal;
+use crate::encoding;
+
+#[derive(Clone)]
+struct GrpcState {
+    ingress: Arc<Ingress>,
+    max_message: usize,
+}
+
+pub fn router(ingress: Arc<Ingress>, max_message: usize) -> Router {
+    Router::new()
+        .route(
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            post(traces),
+        )
+        .route(
+            "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+            post(metrics),
+        )
+        .route(
+            "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+            post(logs),
+        )
+        .fallback(|| async { status_only(tonic::Code::Unimplemented) })
+        .with_state(GrpcState {
+            ingress,
+            max_message,
+        })
+}
+
+/// A gRPC response carrying only a status (for methods nobody serves).
+fn status_only(code: tonic::Code) -> Response {
+    Response::builder()
+        .header("content-type", "application/grpc")
+        .header("grpc-status", (code as i32).to_string())
+        .body(Body::empty())
+        .expect("static response")
+}
+
+async fn traces(State(state): State<GrpcState>, request: Request) -> Response {
+    unary(
+        state,
+        Signal::Traces,
+        request,
+        encoding::traces,
+        |a: &Accepted| ExportTraceServiceResponse {
+            partial_success: partial(a, |rejected, message| ExportTracePartialSuccess {
+                rejected_spans: rejected,
+                error_message: message,
+            }),
+        },
+    )
+    .await
+}
+
+async fn metrics(State(state): State<GrpcState>, request: Request) -> Response {
+    unary(
+        state,
+        Signal::Metrics,
+        request,
+        encoding::metrics,
+        |a: &Accepted| ExportMetricsServiceResponse {
+            partial_success: partial(a, |rejected, message| ExportMetricsPartialSuccess {
+                rejected_data_points: rejected,
+                error_message: message,
+            }),
+        },
+    )
+    .await
+}
+
+async fn logs(State(state): State<GrpcState>, request: Request) -> Response {
+    unary(
+        state,
+        Signal::Logs,
+        request,
+        encoding::logs,
+        |a: &Accepted| ExportLogsServiceResponse {
+            partial_success: partial(a, |rejected, message| ExportLogsPartialSuccess {
+                rejected_log_records: rejected,
+                error_message: message,
+            }),
+        },
+    )
+    .await
+}
+
+/// Runs one unary Export call through tonic's framing, compression and size limits.
+async fn unary<Req, Resp>(
+    state: GrpcState,
+    signal: Signal,
+    request: Request,
+    encode: fn(Req, &encoding::RecordFormat) -> encoding::Encoded,
+    respond: fn(&Accepted) -> Resp,
+) -> Response
+where
+    Req: Message + Default + Clone + Send + 'static,
+    Resp: Message + Send + 'static,
+{
+    let mut grpc = tonic::server::Grpc::new(OtlpCodec::<Resp, Req>::default())
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .max_decoding_message_size(state.max_message);
+    let ingress = state.ingress.clone();
+    let service = tower::service_fn(move |request: tonic::Request<Req>| {
+        let ingress = ingress.clone();
+        async move {
+            let result = ingress
+                .export(signal, "grpc", request.into_inner(), encode)
+                .await;
+            match result {
+                Ok(accepted) => {
+                    ingress.metrics.request(signal, "grpc", "ok");
+                    Ok(tonic::Response::new(respond(&accepted)))
+                }
+                Err(e @ ExportError::NotRouted(_)) => {
+                    ingress.metrics.request(signal, "grpc", "not_routed");
+                    Err(Status::unimplemented(e.to_string()))
+                }
+                Err(e) => {
+                    ingress.metrics.request(signal, "grpc", "unavailable");
+                    Err(Status::unavailable(e.to_string()))
+                }
+            }
+        }
+    });
+    if !state.ingress.accepts(signal) {
+        state.ingress.metrics.request(signal, "grpc", "not_routed");
+        return status_only(tonic::Code::Unimplemented);
+    }
+    let mut response = grpc.unary(service, request).await.map(Body::new);
+    // tonic reports a message over the size limit as OUT_OF_RANGE; OTLP (like grpc-go) says
+    // RESOURCE_EXHAUSTED. Our own handler never answers OUT_OF_RANGE, so this is that case.
+    let out_of_range = (tonic::Code::OutOfRange as i32).to_string();
+    if response
+        .headers()
+        .get("grpc-status")
+        .is_some_and(|v| v.as_bytes() == out_of_range.as_bytes())
+    {
+        let exhausted = (tonic::Code::ResourceExhausted as i32).to_string();
+        response.headers_mut().insert(
+            "grpc-status",
+            exhausted.parse().expect("a number is a valid header value"),
+        );
+    }
+    response.into_response()
+}
+
+/// Protobuf codec whose decode errors are INVALID_ARGUMENT.
+struct OtlpCodec<E, D>(PhantomData<(E, D)>);
+
+impl<E, D> Default for OtlpCodec<E, D> {
+    fn default() -> Self {
+        OtlpCodec(PhantomData)
+    }
+}
+
+impl<E, D> Codec for OtlpCodec<E, D>
+where
+    E: Message + Send + 'static,
+    D: Message + Default + Send + 'static,
+{
+    type Encode = E;
+    type Decode = D;
+    type Encoder = OtlpEncoder<E>;
+    type Decoder = OtlpDecoder<D>;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        OtlpEncoder(PhantomData)
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        OtlpDecoder(PhantomData)
+    }
+}
+
+struct OtlpEncoder<E>(PhantomData<E>);
+
+impl<E: Message> Encoder for OtlpEncoder<E> {
+    type Item = E;
+    type Error = Status;
+
+    fn encode(&mut self, item: E, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        item.encode(dst)
+            .map_err(|e| Status::internal(format!("cannot encode the response: {e}")))
+    }
+}
+
+struct OtlpDecoder<D>(PhantomData<D>);
+
+impl<D: Message + Default> Decoder for OtlpDecoder<D> {
+    type Item = D;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
+        D::decode(src)
+            .map(Some)
+            .map_err(|e| Status::invalid_argument(format!("cannot decode the OTLP request: {e}")))
+    }
+}

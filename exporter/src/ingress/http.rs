@@ -1,0 +1,292 @@
+//! OTLP/HTTP: POST /v1/{traces,metrics,logs}, protobuf or JSON, optionally gzip-compressed.
+//! Answers as the OTLP specification says: 200 with partial_success, 400 with a Status for
+//! an undecodable body, 413 when too large, 415 for other media types, 503 + Retry-After when
+//! the backlog is full.
+
+use std::io::Read;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::Router;
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use prost::Message;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::{Accepted, ExportError, Ingress};
+use crate::config::Signal;
+use crate::encoding;
+
+const PROTOBUF: &str = "application/x-protobuf";
+const JSON: &str = "application/json";
+/// What a client should wait before retrying when the backlog is full.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+#[derive(Clone)]
+struct HttpState {
+    ingress: Arc<Ingress>,
+    max_body: usize,
+}
+
+/// `google.rpc.Status`, the body of OTLP/HTTP error responses.
+#[derive(Clone, PartialEq, prost::Message, Serialize)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Format {
+    Protobuf,
+    Json,
+}
+
+pub fn router(ingress: Arc<Ingress>, max_body: usize) -> Router {
+    Router::new()
+        .route("/v1/traces", post(traces))
+        .route("/v1/metrics", post(metrics))
+        .route("/v1/logs", post(logs))
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                "unknown path; OTLP/HTTP serves /v1/traces, /v1/metrics and /v1/logs\n",
+            )
+        })
+        // The compressed body is bounded here, the decompressed one in `decompress`.
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(HttpState { ingress, max_body })
+}
+
+async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    handle::<ExportTraceServiceRequest, _>(
+        state,
+        Signal::Traces,
+        headers,
+        body,
+        encoding::traces,
+        |a| ExportTraceServiceResponse {
+            partial_success: partial(a, |rejected, message| ExportTracePartialSuccess {
+                rejected_spans: rejected,
+                error_message: message,
+            }),
+        },
+    )
+    .await
+}
+
+async fn metrics(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    handle::<ExportMetricsServiceRequest, _>(
+        state,
+        Signal::Metrics,
+        headers,
+        body,
+        encoding::metrics,
+        |a| ExportMetricsServiceResponse {
+            partial_success: partial(a, |rejected, message| ExportMetricsPartialSuccess {
+                rejected_data_points: rejected,
+                error_message: message,
+            }),
+        },
+    )
+    .await
+}
+
+async fn logs(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    handle::<ExportLogsServiceRequest, _>(state, Signal::Logs, headers, body, encoding::logs, |a| {
+        ExportLogsServiceResponse {
+            partial_success: partial(a, |rejected, message| ExportLogsPartialSuccess {
+                rejected_log_records: rejected,
+                error_message: message,
+            }),
+        }
+    })
+    .await
+}
+
+/// The partial_success field: set only when something was rejected.
+pub(super) fn partial<P>(accepted: &Accepted, make: impl Fn(i64, String) -> P) -> Option<P> {
+    (accepted.rejected > 0).then(|| {
+        make(
+            accepted.rejected as i64,
+            accepted.message.clone().unwrap_or_default(),
+        )
+    })
+}
+
+async fn handle<Req, Resp>(
+    state: HttpState,
+    signal: Signal,
+    headers: HeaderMap,
+    body: Bytes,
+    encode: fn(Req, &encoding::RecordFormat) -> encoding::Encoded,
+    respond: impl Fn(&Accepted) -> Resp,
+) -> Response
+where
+    Req: Message + Default + DeserializeOwned + Clone,
+    Resp: Message + Serialize,
+{
+    let ingress = &state.ingress;
+    if !ingress.accepts(signal) {
+        ingress.metrics.request(signal, "http", "not_routed");
+        let message = format!("no pipeline takes {}", signal.as_str());
+        return (StatusCode::NOT_FOUND, message).into_response();
+    }
+    let format = match media_type(&headers) {
+        Some(format) => format,
+        None => {
+            ingress
+                .metrics
+                .request(signal, "http", "unsupported_media_type");
+            return (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("Content-Type must be {PROTOBUF} or {JSON}\n"),
+            )
+                .into_response();
+        }
+    };
+    let body = match decompress(&headers, body, state.max_body) {
+        Ok(body) => body,
+        Err((status, message)) => {
+            ingress.metrics.request(signal, "http", "bad_request");
+            return error(format, status, message);
+        }
+    };
+    let request: Req = match decode(format, &body) {
+        Ok(request) => request,
+        Err(message) => {
+            ingress.metrics.request(signal, "http", "bad_request");
+            return error(
+                format,
+                StatusCode::BAD_REQUEST,
+                format!("cannot decode the {} request: {message}", signal.as_str()),
+            );
+        }
+    };
+    match ingress.export(signal, "http", request, encode).await {
+        Ok(accepted) => {
+            ingress.metrics.request(signal, "http", "ok");
+            let response = respond(&accepted);
+            let body = match format {
+                Format::Protobuf => response.encode_to_vec(),
+                Format::Json => serde_json::to_vec(&response).expect("responses serialise"),
+            };
+            ([(header::CONTENT_TYPE, content_type(format))], body).into_response()
+        }
+        Err(e @ (ExportError::Busy(_) | ExportError::ShuttingDown)) => {
+            ingress.metrics.request(signal, "http", "unavailable");
+            let mut response = error(format, StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(RETRY_AFTER_SECONDS),
+            );
+            response
+        }
+        Err(e @ ExportError::NotRouted(_)) => {
+            (StatusCode::NOT_FOUND, e.to_string()).into_response()
+        }
+    }
+}
+
+fn media_type(headers: &HeaderMap) -> Option<Format> {
+    let value = headers.get(header::CONTENT_TYPE)?.to_str().ok()?;
+    let essence = value.split(';').next()?.trim().to_ascii_lowercase();
+    match essence.as_str() {
+        PROTOBUF => Some(Format::Protobuf),
+        JSON => Some(Format::Json),
+        _ => None,
+    }
+}
+
+fn content_type(format: Format) -> &'static str {
+    match format {
+        Format::Protobuf => PROTOBUF,
+        Format::Json => JSON,
+    }
+}
+
+/// Undoes a gzip Content-Encoding, refusing to inflate past `max_body` bytes.
+fn decompress(
+    headers: &HeaderMap,
+    body: Bytes,
+    max_body: usize,
+) -> Result<Bytes, (StatusCode, String)> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity")
+        .trim()
+        .to_ascii_lowercase();
+    match encoding.as_str() {
+        "identity" | "" => Ok(body),
+        "gzip" => {
+            let mut inflated = Vec::new();
+            flate2::read::GzDecoder::new(&body[..])
+                .take(max_body as u64 + 1)
+                .read_to_end(&mut inflated)
+                .map_err(|e| {
+                    (
+                        StatusCode::BAD_REQUEST,
+                        format!("the gzip body is corrupt: {e}"),
+                    )
+                })?;
+            if inflated.len() > max_body {
+                return Err((
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body inflates past max_request_body_size ({max_body} bytes)"),
+                ));
+            }
+            Ok(inflated.into())
+        }
+        other => Err((
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("Content-Encoding {other:?} is not supported; use gzip or none"),
+        )),
+    }
+}
+
+fn decode<Req: Message + Default + DeserializeOwned>(
+    format: Format,
+    body: &[u8],
+) -> Result<Req, String> {
+    match format {
+        Format::Protobuf => Req::decode(body).map_err(|e| e.to_string()),
+        Format::Json => serde_json::from_slice(body).map_err(|e| e.to_string()),
+    }
+}
+
+/// An error response whose body is a `google.rpc.Status` in the request's format.
+fn error(format: Format, status: StatusCode, message: String) -> Response {
+    tracing::debug!(status = status.as_u16(), %message, "OTLP/HTTP request refused");
+    let rpc = RpcStatus {
+        code: grpc_code(status),
+        message,
+    };
+    let body = match format {
+        Format::Protobuf => rpc.encode_to_vec(),
+        Format::Json => serde_json::to_vec(&rpc).expect("status serialises"),
+    };
+    (status, [(header::CONTENT_TYPE, content_type(format))], body).into_response()
+}
+
+fn grpc_code(status: StatusCode) -> i32 {
+    match status {
+        StatusCode::BAD_REQUEST => tonic::Code::InvalidArgument as i32,
+        StatusCode::PAYLOAD_TOO_LARGE => tonic::Code::ResourceExhausted as i32,
+        StatusCode::SERVICE_UNAVAILABLE => tonic::Code::Unavailable as i32,
+        _ => tonic::Code::Unknown as i32,
+    }
+}

@@ -1,0 +1,200 @@
+//! OTLP ingress: what gRPC and HTTP requests share once decoded. A request is cut into user
+//! records for every exporter its signal is routed to, then handed to their producers.
+
+pub mod grpc;
+pub mod http;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+use crate::config::Signal;
+use crate::encoding::{Encoded, RecordFormat};
+use crate::kpl::{ProducerHandle, PutError};
+
+/// One exporter a signal is routed to.
+#[derive(Clone)]
+pub struct Route {
+    pub exporter: String,
+    pub producer: ProducerHandle,
+    pub format: RecordFormat,
+    /// How long a request waits for backlog room before it is answered "retry later".
+    pub enqueue_timeout: Duration,
+}
+
+/// Why a request was not (entirely) taken.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("no pipeline takes {0}")]
+    NotRouted(&'static str),
+    #[error("the backlog of exporter {0} is full; retry later")]
+    Busy(String),
+    #[error("the exporter is shutting down")]
+    ShuttingDown,
+}
+
+/// What was taken: the items that were refused for good, and why.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Accepted {
+    pub rejected: u64,
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalLabels {
+    pub signal: &'static str,
+    pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub signal: &'static str,
+    pub protocol: &'static str,
+    pub outcome: &'static str,
+}
+
+/// Ingress metrics: items received and requests by outcome.
+#[derive(Default, Clone)]
+pub struct IngressMetrics {
+    pub items_received: Family<SignalLabels, Counter>,
+    pub items_rejected: Family<SignalLabels, Counter>,
+    pub requests: Family<OutcomeLabels, Counter>,
+}
+
+impl IngressMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "otlp_items_received",
+            "Spans, data points and log records received, by signal and protocol",
+            self.items_received.clone(),
+        );
+        registry.register(
+            "otlp_items_rejected",
+            "Items refused for good (too large for any Kinesis record), by signal and protocol",
+            self.items_rejected.clone(),
+        );
+        registry.register(
+            "otlp_requests",
+            "OTLP export requests by signal, protocol and outcome",
+            self.requests.clone(),
+        );
+    }
+
+    pub fn request(&self, signal: Signal, protocol: &'static str, outcome: &'static str) {
+        self.requests
+            .get_or_create(&OutcomeLabels {
+                signal: signal.as_str(),
+                protocol,
+                outcome,
+            })
+            .inc();
+    }
+}
+
+/// Everything the gRPC and HTTP servers need.
+pub struct Ingress {
+    routes: HashMap<Signal, Vec<Route>>,
+    pub metrics: IngressMetrics,
+}
+
+impl Ingress {
+    pub fn new(routes: HashMap<Signal, Vec<Route>>, metrics: IngressMetrics) -> Arc<Self> {
+        Arc::new(Ingress { routes, metrics })
+    }
+
+    pub fn accepts(&self, signal: Signal) -> bool {
+        self.routes.get(&signal).is_some_and(|r| !r.is_empty())
+    }
+
+    /// Cuts `request` into records for each route of `signal` and puts them.
+    pub async fn export<R: Clone>(
+        &self,
+        signal: Signal,
+        protocol: &'static str,
+        request: R,
+        encode: impl Fn(R, &RecordFormat) -> Encoded,
+    ) -> Result<Accepted, ExportError> {
+        let routes = self
+            .routes
+            .get(&signal)
+            .filter(|r| !r.is_empty())
+            .ok_or(ExportError::NotRouted(signal.as_str()))?;
+        let labels = SignalLabels {
+            signal: signal.as_str(),
+            protocol,
+        };
+        let mut accepted = Accepted::default();
+        for (i, route) in routes.iter().enumerate() {
+            let encoded = encode(request.clone(), &route.format);
+            if i == 0 {
+                self.metrics
+                    .items_received
+                    .get_or_create(&labels)
+                    .inc_by(encoded.items);
+            }
+            if encoded.rejected > 0 {
+                tracing::warn!(
+                    exporter = %route.exporter,
+                    signal = signal.as_str(),
+                    items = encoded.rejected,
+                    reason = encoded.rejection.as_deref().unwrap_or(""),
+                    "rejecting items that fit no Kinesis record"
+                );
+                self.metrics
+                    .items_rejected
+                    .get_or_create(&labels)
+                    .inc_by(encoded.rejected);
+                accepted.rejected = accepted.rejected.max(encoded.rejected);
+                accepted.message = encoded.rejection.clone();
+            }
+            match route
+                .producer
+                .put_all(encoded.records, route.enqueue_timeout)
+                .await
+            {
+                Ok(_invalid) => {}
+                Err(PutError::Full(_)) => return Err(ExportError::Busy(route.exporter.clone())),
+                Err(PutError::Closed) => return Err(ExportError::ShuttingDown),
+                Err(PutError::Invalid(_)) => unreachable!("put_all skips invalid records"),
+            }
+        }
+        Ok(accepted)
+    }
+}
+
+/// The routes for every signal, from the configuration and the running producers.
+pub fn routes(
+    config: &crate::config::Config,
+    producers: &HashMap<String, ProducerHandle>,
+) -> HashMap<Signal, Vec<Route>> {
+    let mut routes = HashMap::new();
+    for signal in Signal::ALL {
+        let list = config
+            .service
+            .exporters_for(signal)
+            .into_iter()
+            .map(|id| {
+                let exporter = &config.exporters[&id];
+                Route {
+                    format: RecordFormat {
+                        encoding: exporter.encoding,
+                        compression: exporter.compression,
+                        partition_key: exporter.partition_key.for_signal(signal).clone(),
+                        max_record_bytes: crate::config::KINESIS_MAX_RECORD_BYTES
+                            .min(exporter.kpl.batch_size as usize),
+                    },
+                    producer: producers[&id].clone(),
+                    enqueue_timeout: Duration::from_secs(exporter.enqueue_timeout_seconds),
+                    exporter: id,
+                }
+            })
+            .collect();
+        routes.insert(signal, list);
+    }
+    routes
+}
