@@ -1,7 +1,7 @@
 # kinesis-exporter: build, lint, test and demo entry points (GNU make).
 #
 #   make demo   build, install the test peers, push records through kinesalite, show the result
-#   make test   lint, Rust tests, end-to-end tests (what CI runs through .ci/run)
+#   make test   lint, chart checks, Rust tests, end-to-end tests (what CI runs through .ci/run)
 #
 # Nothing here is interactive; CI=true also turns colour off.
 
@@ -33,7 +33,7 @@ endif
 
 say = @printf '==> %s\n' "$(1)"
 
-.PHONY: help deps build lint toolchain test-rust test-e2e test bench demo clean distclean
+.PHONY: crds help deps build lint chart-lint toolchain test-rust test-e2e test bench demo clean distclean
 
 help: ## List the targets
 	@echo "kinesis-exporter targets:"
@@ -108,6 +108,16 @@ lint: toolchain ## cargo fmt --check and cargo clippy -D warnings
 	$(call say,cargo clippy --workspace --all-targets --locked -- -D warnings)
 	@$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
+crds: ## Regenerate crds/kinesisexporters.yaml (and the chart's copy) with crdgen
+	$(call say,cargo run -p kinesis-operator --bin crdgen)
+	@$(CARGO) run -q --locked -p kinesis-operator --bin crdgen > crds/kinesisexporters.yaml
+	@cp crds/kinesisexporters.yaml charts/kinesis-operator/crds/kinesisexporters.yaml
+
+# helm is built from the Go module proxy once and cached outside the work tree (tests/k8s/tools.sh).
+chart-lint: deps ## Helm chart: CRD copy, helm lint --strict, schema, kubernetes-validate --strict
+	$(call say,chart checks (bash tests/k8s/chart_checks.sh))
+	@bash tests/k8s/chart_checks.sh
+
 test-rust: ## cargo test (workspace, --locked)
 	$(call say,cargo test --workspace --locked)
 	@$(CARGO) test --workspace --locked
@@ -116,9 +126,9 @@ test-e2e: deps build ## End-to-end tests against real peers (tests/run.sh)
 	$(call say,end-to-end tests (bash tests/run.sh))
 	@bash tests/run.sh
 
-test: ## lint, then test-rust, then test-e2e
+test: ## lint, chart-lint, then test-rust, then test-e2e
 	@all_start=$$(date +%s); \
-	for step in lint test-rust test-e2e; do \
+	for step in lint chart-lint test-rust test-e2e; do \
 	  start=$$(date +%s); \
 	  printf '==> make %s\n' "$$step"; \
 	  if ! $(MAKE) $$step; then \

@@ -1,0 +1,89 @@
+{{/* Chart name, overridable with nameOverride. */}}
+{{- define "kinesis-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: fullnameOverride, else <release>-<name> (just <release> when it contains <name>). */}}
+{{- define "kinesis-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "kinesis-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "kinesis-operator.labels" -}}
+helm.sh/chart: {{ include "kinesis-operator.chart" . }}
+{{ include "kinesis-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kinesis-exporter
+{{- end }}
+
+{{/* Selector labels (the Deployment's selector is immutable: keep these stable). */}}
+{{- define "kinesis-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kinesis-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "kinesis-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "kinesis-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when leader election is on: asked for, or more than one replica. */}}
+{{- define "kinesis-operator.leaderElection" -}}
+{{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) }}true{{- end }}
+{{- end }}
+
+{{- define "kinesis-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{- define "kinesis-operator.exporterImage" -}}
+{{- printf "%s:%s" .Values.exporterImage.repository (.Values.exporterImage.tag | default .Chart.AppVersion) }}
+{{- end }}
+
+{{/*
+The rules the operator needs, shared by the ClusterRole (cluster-wide mode) and the Role in
+each watched namespace (namespaced mode). The Lease rules live in leader-election-rbac.yaml.
+*/}}
+{{- define "kinesis-operator.rules" -}}
+- apiGroups: ["kinesis.otlp.dev"]
+  resources: ["kinesisexporters"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["kinesis.otlp.dev"]
+  resources: ["kinesisexporters/status"]
+  verbs: ["get", "patch", "update"]
+- apiGroups: [""]
+  resources: ["serviceaccounts", "configmaps", "services"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: ["policy"]
+  resources: ["poddisruptionbudgets"]
+  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+- apiGroups: ["apps"]
+  resources: ["replicasets"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}

@@ -1,0 +1,145 @@
+//! The `kinesis-operator` command line: watch KinesisExporter resources and run their exporters.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, ValueEnum};
+use kinesis_operator::crd::KinesisExporter;
+use kinesis_operator::metrics::OperatorMetrics;
+use kinesis_operator::reconcile::{self, Context, OwnedApis};
+use kinesis_operator::resources::Defaults;
+use kube::api::Api;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::Client;
+use prometheus_client::registry::Registry;
+
+/// Runs and rolls kinesis-exporter Deployments for KinesisExporter resources.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Namespaces to watch, comma-separated; all namespaces when empty.
+    #[arg(
+        long,
+        env = "WATCH_NAMESPACES",
+        value_delimiter = ',',
+        default_value = ""
+    )]
+    namespaces: Vec<String>,
+    /// Exporter image for resources that name none.
+    #[arg(
+        long,
+        env = "KINESIS_EXPORTER_IMAGE",
+        default_value = "kinesis-exporter:0.1.0"
+    )]
+    exporter_image: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_address: String,
+    /// Take a Lease before reconciling, so that several replicas can run safely.
+    #[arg(long)]
+    leader_election: bool,
+    /// Namespace of the leader Lease (default: the pod's, from POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    leader_election_namespace: String,
+    /// Name of the leader Lease.
+    #[arg(long, default_value = "kinesis-operator")]
+    leader_election_lease_name: String,
+    /// Log line format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs.init(),
+    }
+
+    let client = Client::try_default()
+        .await
+        .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let identity = std::env::var("POD_NAME")
+        .unwrap_or_else(|_| format!("kinesis-operator-{:08x}", std::process::id()));
+
+    let mut registry = Registry::with_prefix("kinesis_operator");
+    let metrics = OperatorMetrics::default();
+    metrics.register(&mut registry);
+    let listener = tokio::net::TcpListener::bind(&cli.metrics_address)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (--metrics-address)",
+                cli.metrics_address
+            )
+        })?;
+    let router = kinesis_operator::metrics::router(Arc::new(registry));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+
+    if cli.leader_election {
+        kinesis_operator::leader::lead(
+            client.clone(),
+            &cli.leader_election_namespace,
+            &cli.leader_election_lease_name,
+            &identity,
+        )
+        .await;
+    }
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "kinesis-operator".into(),
+            instance: Some(identity.clone()),
+        },
+    );
+    let ctx = Context::new(
+        client.clone(),
+        Defaults {
+            exporter_image: cli.exporter_image.clone(),
+        },
+        recorder,
+        metrics,
+    );
+    let namespaces: Vec<String> = cli
+        .namespaces
+        .into_iter()
+        .filter(|n| !n.is_empty())
+        .collect();
+    tracing::info!(
+        namespaces = if namespaces.is_empty() { "all".to_string() } else { namespaces.join(",") },
+        exporter_image = %cli.exporter_image,
+        "reconciling KinesisExporter resources"
+    );
+    if namespaces.is_empty() {
+        reconcile::run(
+            Api::<KinesisExporter>::all(client.clone()),
+            OwnedApis::new(&client, None),
+            ctx,
+        )
+        .await;
+    } else {
+        let controllers = namespaces.iter().map(|ns| {
+            reconcile::run(
+                Api::<KinesisExporter>::namespaced(client.clone(), ns),
+                OwnedApis::new(&client, Some(ns)),
+                ctx.clone(),
+            )
+        });
+        futures::future::join_all(controllers).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

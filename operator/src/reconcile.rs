@@ -1,0 +1,295 @@
+//! The reconciler: server-side apply of every child with one field manager, then the status.
+//! It never branches on why it was called: the same spec always yields the same objects, and
+//! applying unchanged objects writes nothing.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+
+use crate::crd::KinesisExporter;
+use crate::resources::{self, Defaults};
+use crate::status::{self, DEGRADED, READY};
+
+/// The one field manager of every object the operator writes.
+pub const FIELD_MANAGER: &str = "kinesis-operator";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("applying {kind} {name}: {source}")]
+    Apply {
+        kind: &'static str,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("writing the status: {0}")]
+    Status(kube::Error),
+    #[error("the resource has no namespace")]
+    NoNamespace,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub defaults: Defaults,
+    pub recorder: Recorder,
+    pub metrics: crate::metrics::OperatorMetrics,
+    /// Consecutive failures per resource, for the retry backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        defaults: Defaults,
+        recorder: Recorder,
+        metrics: crate::metrics::OperatorMetrics,
+    ) -> Arc<Self> {
+        Arc::new(Context {
+            client,
+            defaults,
+            recorder,
+            metrics,
+            failures: Mutex::default(),
+        })
+    }
+}
+
+async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, Error>
+where
+    K: Resource + Serialize + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let name = object.meta().name.clone().unwrap_or_default();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(object),
+    )
+    .await
+    .map_err(|source| Error::Apply {
+        kind: std::any::type_name::<K>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("object"),
+        name,
+        source,
+    })
+}
+
+/// Deletes a child the spec no longer asks for, if it exists and is ours.
+async fn remove_if_owned<K>(api: &Api<K>, kex: &KinesisExporter) -> Result<(), Error>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let name = kex.name_any();
+    let Ok(Some(existing)) = api.get_opt(&name).await else {
+        return Ok(());
+    };
+    let ours = existing
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == kex.metadata.uid.as_ref());
+    if ours {
+        api.delete(&name, &DeleteParams::default())
+            .await
+            .map_err(|source| Error::Apply {
+                kind: "delete",
+                name,
+                source,
+            })?;
+    }
+    Ok(())
+}
+
+async fn apply_children(
+    kex: &KinesisExporter,
+    ctx: &Context,
+    ns: &str,
+) -> Result<Deployment, Error> {
+    let client = ctx.client.clone();
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+    match resources::service_account(kex) {
+        Some(sa) => {
+            apply(&accounts, &sa).await?;
+        }
+        None => remove_if_owned(&accounts, kex).await?,
+    }
+    apply(
+        &Api::<ConfigMap>::namespaced(client.clone(), ns),
+        &resources::config_map(kex),
+    )
+    .await?;
+    let deployment = apply(
+        &Api::<Deployment>::namespaced(client.clone(), ns),
+        &resources::deployment(kex, &ctx.defaults),
+    )
+    .await?;
+    apply(
+        &Api::<Service>::namespaced(client.clone(), ns),
+        &resources::service(kex),
+    )
+    .await?;
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client, ns);
+    match resources::pod_disruption_budget(kex) {
+        Some(pdb) => {
+            apply(&budgets, &pdb).await?;
+        }
+        None => remove_if_owned(&budgets, kex).await?,
+    }
+    Ok(deployment)
+}
+
+pub async fn reconcile(kex: Arc<KinesisExporter>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = kex.namespace().ok_or(Error::NoNamespace)?;
+    let key = format!("{ns}/{}", kex.name_any());
+    let applied = apply_children(&kex, &ctx, &ns).await;
+    let (deployment, error) = match &applied {
+        Ok(d) => (Some(d), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let new_status = status::compute(
+        &kex,
+        deployment,
+        error.as_deref(),
+        k8s_openapi::jiff::Timestamp::now(),
+    );
+    if kex.status.as_ref() != Some(&new_status) {
+        let api: Api<KinesisExporter> = Api::namespaced(ctx.client.clone(), &ns);
+        let patch = serde_json::json!({
+            "apiVersion": "kinesis.otlp.dev/v1alpha1",
+            "kind": "KinesisExporter",
+            "status": new_status,
+        });
+        api.patch_status(
+            &kex.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+        .map_err(Error::Status)?;
+        publish_transitions(&kex, &new_status, &ctx).await;
+    }
+    match applied {
+        Ok(_) => {
+            ctx.failures.lock().unwrap().remove(&key);
+            ctx.metrics.reconciled("ok");
+            Ok(Action::requeue(Duration::from_secs(300)))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Events on transitions only: Ready gained or lost, Degraded entered.
+async fn publish_transitions(
+    kex: &KinesisExporter,
+    new: &crate::crd::KinesisExporterStatus,
+    ctx: &Context,
+) {
+    let old = kex.status.as_ref();
+    let changed =
+        |t: &str| status::condition_status(old, t) != status::condition_status(Some(new), t);
+    let mut events = Vec::new();
+    if changed(READY) {
+        let ready = status::condition_status(Some(new), READY) == Some("True");
+        events.push(Event {
+            type_: EventType::Normal,
+            reason: if ready { "Ready" } else { "NotReady" }.into(),
+            note: new
+                .conditions
+                .iter()
+                .find(|c| c.type_ == READY)
+                .map(|c| c.message.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        });
+    }
+    if changed(DEGRADED) && status::condition_status(Some(new), DEGRADED) == Some("True") {
+        let c = new.conditions.iter().find(|c| c.type_ == DEGRADED);
+        events.push(Event {
+            type_: EventType::Warning,
+            reason: c.map(|c| c.reason.clone()).unwrap_or_default(),
+            note: c.map(|c| c.message.clone()),
+            action: "Reconcile".into(),
+            secondary: None,
+        });
+    }
+    for event in events {
+        if let Err(e) = ctx.recorder.publish(&event, &kex.object_ref(&())).await {
+            tracing::warn!(error = %e, "cannot publish an event");
+        }
+    }
+}
+
+pub fn error_policy(kex: Arc<KinesisExporter>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = format!("{}/{}", kex.namespace().unwrap_or_default(), kex.name_any());
+    let failures = {
+        let mut map = ctx.failures.lock().unwrap();
+        let n = map.entry(key.clone()).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let delay = Duration::from_secs((1u64 << failures.min(8)).min(300));
+    ctx.metrics.reconciled("error");
+    tracing::warn!(resource = %key, %error, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Runs the controller over `api` until the stream ends (shutdown).
+pub async fn run(api: Api<KinesisExporter>, owned: OwnedApis, ctx: Arc<Context>) {
+    Controller::new(api, watcher::Config::default())
+        .owns(owned.deployments, watcher::Config::default())
+        .owns(owned.config_maps, watcher::Config::default())
+        .owns(owned.services, watcher::Config::default())
+        .owns(owned.service_accounts, watcher::Config::default())
+        .owns(owned.budgets, watcher::Config::default())
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(resource = %object.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+}
+
+/// The children's APIs, cluster-wide or in one namespace like the resource's.
+pub struct OwnedApis {
+    pub deployments: Api<Deployment>,
+    pub config_maps: Api<ConfigMap>,
+    pub services: Api<Service>,
+    pub service_accounts: Api<ServiceAccount>,
+    pub budgets: Api<PodDisruptionBudget>,
+}
+
+impl OwnedApis {
+    pub fn new(client: &Client, namespace: Option<&str>) -> Self {
+        fn api<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+        where
+            K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+            <K as Resource>::DynamicType: Default,
+        {
+            match namespace {
+                Some(ns) => Api::namespaced(client.clone(), ns),
+                None => Api::all(client.clone()),
+            }
+        }
+        OwnedApis {
+            deployments: api(client, namespace),
+            config_maps: api(client, namespace),
+            services: api(client, namespace),
+            service_accounts: api(client, namespace),
+            budgets: api(client, namespace),
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The resource's status from what the cluster reports: pure, so every transition is tested.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+
+use crate::crd::{KinesisExporter, KinesisExporterStatus};
+use crate::resources::selector_string;
+
+pub const READY: &str = "Ready";
+pub const PROGRESSING: &str = "Progressing";
+pub const DEGRADED: &str = "Degraded";
+
+/// The status for `kex` given its Deployment as applied (None when applying failed) and the
+/// error that stopped the reconcile, if any.
+pub fn compute(
+    kex: &KinesisExporter,
+    deployment: Option<&Deployment>,
+    error: Option<&str>,
+    now: Timestamp,
+) -> KinesisExporterStatus {
+    let desired = kex.spec.replicas();
+    let status = deployment
+        .and_then(|d| d.status.clone())
+        .unwrap_or_default();
+    let generation_seen = deployment.is_some_and(|d| {
+        status.observed_generation.unwrap_or(0) >= d.metadata.generation.unwrap_or(0)
+    });
+    let updated = status.updated_replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    let total = status.replicas.unwrap_or(0);
+    // Pods that run the current configuration and are available.
+    let ready_current = updated.min(available);
+    let rolled_out = generation_seen && updated == desired && total == desired;
+    let ready = error.is_none() && rolled_out && ready_current >= desired;
+
+    let stuck = status.conditions.iter().flatten().find(|c| {
+        (c.type_ == "Progressing" && c.status == "False")
+            || (c.type_ == "ReplicaFailure" && c.status == "True")
+    });
+    let degraded: Option<(&str, String)> = match (error, stuck) {
+        (Some(e), _) => Some(("ReconcileFailed", e.to_string())),
+        (None, Some(c)) => Some((
+            if c.type_ == "ReplicaFailure" {
+                "PodsNotCreated"
+            } else {
+                "RolloutStuck"
+            },
+            c.message
+                .clone()
+                .unwrap_or_else(|| c.reason.clone().unwrap_or_default()),
+        )),
+        _ => None,
+    };
+
+    let previous = kex
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or(&[]);
+    let generation = kex.metadata.generation;
+    let condition = |type_: &str, is: bool, reason: &str, message: String| {
+        let status = if is { "True" } else { "False" }.to_string();
+        // The transition time moves only when the status does.
+        let last_transition_time = previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or(Time(now));
+        Condition {
+            type_: type_.to_string(),
+            status,
+            reason: reason.to_string(),
+            message,
+            observed_generation: generation,
+            last_transition_time,
+        }
+    };
+    let conditions = vec![
+        if ready {
+            condition(
+                READY,
+                true,
+                "PodsAvailable",
+                format!("{ready_current}/{desired} pods available with the current configuration"),
+            )
+        } else {
+            condition(
+                READY,
+                false,
+                "PodsNotReady",
+                format!("{ready_current}/{desired} pods available with the current configuration"),
+            )
+        },
+        if !rolled_out && error.is_none() {
+            condition(
+                PROGRESSING,
+                true,
+                "RollingOut",
+                format!("{updated}/{desired} pods updated"),
+            )
+        } else {
+            condition(PROGRESSING, false, "Idle", "no rollout under way".into())
+        },
+        match &degraded {
+            Some((reason, message)) => condition(DEGRADED, true, reason, message.clone()),
+            None => condition(DEGRADED, false, "AsExpected", "no problem seen".into()),
+        },
+    ];
+    KinesisExporterStatus {
+        observed_generation: generation,
+        replicas: total,
+        ready_replicas: ready_current,
+        ready: Some(format!("{ready_current}/{desired}")),
+        selector: Some(selector_string(kex)),
+        conditions,
+    }
+}
+
+/// A condition's status, for spotting transitions.
+pub fn condition_status<'a>(
+    status: Option<&'a KinesisExporterStatus>,
+    type_: &str,
+) -> Option<&'a str> {
+    status?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| c.status.as_str())
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn kex(replicas: i32) -> KinesisExporter {
+        let mut k = KinesisExporter::new("a", Default::default());
+        k.spec.replicas = Some(replicas);
+        k.metadata.generation = Some(4);
+        k
+    }
+
+    fn deployment(
+        generation: i64,
+        observed: i64,
+        total: i32,
+        updated: i32,
+        available: i32,
+    ) -> Deployment {
+        Deployment {
+            metadata: ObjectMeta {
+                generation: Some(generation),
+                ..Default::default()
+            },
+            status: Some(DeploymentStatus {
+                observed_generation: Some(observed),
+                replicas: Some(total),
+                updated_replicas: Some(updated),
+                available_replicas: Some(available),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn get<'a>(s: &'a KinesisExporterStatus, t: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == t).unwrap()
+    }
+
+    #[test]
+    fn ready_when_every_pod_runs_the_current_configuration() {
+        let s = compute(
+            &kex(2),
+            Some(&deployment(3, 3, 2, 2, 2)),
+            None,
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(get(&s, READY).status, "True");
+        assert_eq!(get(&s, PROGRESSING).status, "False");
+        assert_eq!(get(&s, DEGRADED).status, "False");
+        assert_eq!(s.ready.as_deref(), Some("2/2"));
+        assert_eq!(s.observed_generation, Some(4));
+        assert_eq!(
+            s.selector.as_deref(),
+            Some("app.kubernetes.io/instance=a,app.kubernetes.io/name=kinesis-exporter")
+        );
+    }
+
+    #[test]
+    fn a_rollout_is_progressing_not_ready() {
+        // New generation not yet observed by the deployment controller.
+        let s = compute(
+            &kex(2),
+            Some(&deployment(4, 3, 2, 2, 2)),
+            None,
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(
+            (
+                get(&s, READY).status.as_str(),
+                get(&s, PROGRESSING).status.as_str()
+            ),
+            ("False", "True")
+        );
+        // Old pods still around: 3 pods, 1 updated.
+        let s = compute(
+            &kex(2),
+            Some(&deployment(4, 4, 3, 1, 3)),
+            None,
+            Timestamp::UNIX_EPOCH,
+        );
+        assert_eq!(
+            (
+                get(&s, READY).status.as_str(),
+                get(&s, PROGRESSING).status.as_str()
+            ),
+            ("False", "True")
+        );
+        assert_eq!(s.ready_replicas, 1);
+    }
+
+    #[test]
+    fn errors_and_stuck_rollouts_are_degraded_with_a_reason() {
+        let s = compute(
+            &kex(1),
+            None,
+            Some("deployments.apps is forbidden"),
+            Timestamp::UNIX_EPOCH,
+        );
+        let d = get(&s, DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "ReconcileFailed")
+        );
+        assert!(d.message.contains("forbidden"));
+        assert_eq!(get(&s, READY).status, "False");
+
+        let mut stuck = deployment(4, 4, 1, 1, 0);
+        stuck.status.as_mut().unwrap().conditions = Some(vec![DeploymentCondition {
+            type_: "Progressing".into(),
+            status: "False".into(),
+            reason: Some("ProgressDeadlineExceeded".into()),
+            message: Some("ReplicaSet \"a-1\" has timed out progressing.".into()),
+            ..Default::default()
+        }]);
+        let s = compute(&kex(1), Some(&stuck), None, Timestamp::UNIX_EPOCH);
+        let d = get(&s, DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "RolloutStuck")
+        );
+        assert!(d.message.contains("timed out"));
+    }
+
+    #[test]
+    fn transition_times_move_only_on_transitions() {
+        let t0 = Timestamp::UNIX_EPOCH;
+        let t1 = Timestamp::from_second(1000).unwrap();
+        let mut k = kex(1);
+        k.status = Some(compute(&k, Some(&deployment(1, 1, 1, 1, 1)), None, t0));
+        let same = compute(&k, Some(&deployment(1, 1, 1, 1, 1)), None, t1);
+        assert_eq!(get(&same, READY).last_transition_time, Time(t0));
+        assert_eq!(
+            same,
+            *k.status.as_ref().unwrap(),
+            "an unchanged world gives an identical status"
+        );
+        let changed = compute(&k, Some(&deployment(1, 1, 1, 1, 0)), None, t1);
+        assert_eq!(get(&changed, READY).last_transition_time, Time(t1));
+        assert_eq!(condition_status(Some(&changed), READY), Some("False"));
+    }
+}

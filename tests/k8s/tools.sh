@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Kubernetes tooling for the chart checks, built from the Go module proxy and cached outside
+# the work tree, keyed by version, so only the first run pays for the build.
+#
+#   source tests/k8s/tools.sh; ensure_helm     sets HELM to the cached binary (builds it once)
+#   bash tests/k8s/tools.sh ensure_helm         same, prints the binary's path
+#
+# Cache: ${KINESIS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kinesis-exporter/bin}
+# Needs: go (1.26+, as helm's go.mod asks) on PATH. Builds run under `nice -n 19` with
+# GOFLAGS=-p=1 so they leave the CPU to anything else running (cargo, tests).
+
+HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+KINESIS_TOOLS_DIR="${KINESIS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kinesis-exporter/bin}"
+
+_tools_say() { printf '==> %s\n' "$*" >&2; }
+
+_tools_need_go() {
+  if ! command -v go >/dev/null 2>&1; then
+    if [ -x /usr/local/go/bin/go ]; then
+      export PATH="/usr/local/go/bin:$PATH"
+    else
+      echo "error: go not found on PATH; install Go 1.26+ (https://go.dev/dl or apt-get install golang-go)" >&2
+      return 1
+    fi
+  fi
+}
+
+# ensure_helm: sets HELM to ${KINESIS_TOOLS_DIR}/helm-${HELM_VERSION}, building it on first use.
+ensure_helm() {
+  local bin="$KINESIS_TOOLS_DIR/helm-$HELM_VERSION"
+  if [ -x "$bin" ] && "$bin" version --short >/dev/null 2>&1; then
+    HELM="$bin"
+    return 0
+  fi
+  _tools_need_go || return 1
+  mkdir -p "$KINESIS_TOOLS_DIR" || return 1
+
+  local gomod client_go k8s_minor ldflags work start
+  start=$(date +%s)
+  _tools_say "building helm $HELM_VERSION from the Go module proxy (once; cached in $KINESIS_TOOLS_DIR; takes minutes on 2 cores)"
+  # helm's own Makefile stamps the version and the Kubernetes version that `helm lint` and
+  # `helm template` assume (client-go v0.X.Y -> Kubernetes 1.X); do the same.
+  gomod="$(go mod download -json "helm.sh/helm/v3@$HELM_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",*$/\1/p')" || return 1
+  client_go="$(awk '$1 == "k8s.io/client-go" {print $2; exit}' "$gomod")"
+  k8s_minor="$(printf '%s\n' "$client_go" | cut -d. -f2)"
+  ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  if [ -n "$k8s_minor" ]; then
+    ldflags="$ldflags -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$k8s_minor"
+    ldflags="$ldflags -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$k8s_minor"
+  fi
+  work="$(mktemp -d "$KINESIS_TOOLS_DIR/.helm-build.XXXXXX")" || return 1
+  if ! GOBIN="$work" CGO_ENABLED=0 GOFLAGS="-p=1 -buildvcs=false" \
+       nice -n 19 go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"; then
+    rm -rf "$work"
+    echo "error: building helm $HELM_VERSION failed" >&2
+    return 1
+  fi
+  mv -f "$work/helm" "$bin" && rm -rf "$work" || return 1
+  _tools_say "built $("$bin" version --short) in $(( $(date +%s) - start ))s: $bin"
+  HELM="$bin"
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  set -euo pipefail
+  case "${1:-}" in
+    ensure_helm) ensure_helm; printf '%s\n' "$HELM" ;;
+    *) echo "usage: $0 ensure_helm" >&2; exit 2 ;;
+  esac
+fi
