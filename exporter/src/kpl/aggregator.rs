@@ -176,8 +176,22 @@ impl Aggregator {
 
     /// Whether `record` fits alone in an empty aggregate at all; if not it must travel raw.
     pub fn fits_alone(limits: AggregateLimits, record: &UserRecord) -> bool {
-        let empty = Aggregator::new(limits, None);
-        empty.size() + empty.size_increase(record) <= empty.max_size(record.partition_key.len())
+        // What an empty aggregate would hold: framing, one key-table entry of each kind, one
+        // record. Computed, not built: this runs for every user record.
+        let ehk_index = record.explicit_hash_key.map(|_| 0);
+        let size = MAGIC.len()
+            + DIGEST_LEN
+            + field_len(record.partition_key.len())
+            + record
+                .explicit_hash_key
+                .map_or(0, |h| field_len(decimal_len(h)))
+            + field_len(record_inner_len(0, ehk_index, record.data.len()));
+        let max = limits.max_bytes.min(
+            limits
+                .max_record_bytes
+                .saturating_sub(record.partition_key.len()),
+        );
+        size <= max
     }
 
     /// Adds `record` if it fits within the limits; gives it back otherwise.

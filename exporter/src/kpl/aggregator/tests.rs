@@ -111,6 +111,20 @@ fn varint_lengths_match_encoding() {
     }
 }
 
+proptest! {
+    /// The computed check agrees with actually adding the record to an empty aggregate.
+    #[test]
+    fn fits_alone_agrees_with_an_empty_aggregate(
+        record in arb_record(),
+        max_bytes in 1usize..MIB,
+        max_record_bytes in 1024usize..=MIB,
+    ) {
+        let lim = AggregateLimits { max_count: u64::MAX, max_bytes, max_record_bytes };
+        let fits = Aggregator::new(lim, None).try_add(record.clone()).is_ok();
+        prop_assert_eq!(Aggregator::fits_alone(lim, &record), fits);
+    }
+}
+
 fn arb_record() -> impl Strategy<Value = UserRecord> {
     (
         // Partition keys of 1..=256 characters, some multi-byte, drawn from a small pool so
