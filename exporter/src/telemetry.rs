@@ -63,33 +63,35 @@ impl Readiness {
     }
 }
 
-/// /metrics (Prometheus text), /healthz (the process answers) and /readyz.
-pub fn router(registry: Arc<Registry>, readiness: Readiness) -> axum::Router {
+/// The registry in OpenMetrics text, as a `/metrics` response.
+pub fn metrics_response(registry: &Registry) -> axum::response::Response {
     use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, registry) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// /metrics (OpenMetrics text), /healthz (the process answers) and /readyz.
+pub fn router(registry: Arc<Registry>, readiness: Readiness) -> axum::Router {
+    use axum::http::StatusCode;
     use axum::routing::get;
     axum::Router::new()
         .route(
             "/metrics",
             get(move || {
                 let registry = registry.clone();
-                async move {
-                    let mut text = String::new();
-                    match prometheus_client::encoding::text::encode(&mut text, &registry) {
-                        Ok(()) => (
-                            StatusCode::OK,
-                            [(
-                                header::CONTENT_TYPE,
-                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                            )],
-                            text,
-                        ),
-                        Err(e) => (
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            [(header::CONTENT_TYPE, "text/plain")],
-                            e.to_string(),
-                        ),
-                    }
-                }
+                async move { metrics_response(&registry) }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))

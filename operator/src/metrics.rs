@@ -41,17 +41,7 @@ pub fn router(registry: Arc<Registry>) -> axum::Router {
             "/metrics",
             get(move || {
                 let registry = registry.clone();
-                async move {
-                    let mut text = String::new();
-                    let _ = prometheus_client::encoding::text::encode(&mut text, &registry);
-                    (
-                        [(
-                            "content-type",
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        text,
-                    )
-                }
+                async move { kinesis_exporter::telemetry::metrics_response(&registry) }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
