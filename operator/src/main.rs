@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Text => logs.init(),
     }
 
+    kinesis_operator::install_crypto_provider();
     let client = Client::try_default()
         .await
         .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;

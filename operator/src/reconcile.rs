@@ -26,16 +26,24 @@ pub const FIELD_MANAGER: &str = "kinesis-operator";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("applying {kind} {name}: {source}")]
+    #[error("applying {kind} {name}: {}", api_message(source))]
     Apply {
         kind: &'static str,
         name: String,
         source: kube::Error,
     },
-    #[error("writing the status: {0}")]
+    #[error("writing the status: {}", api_message(.0))]
     Status(kube::Error),
     #[error("the resource has no namespace")]
     NoNamespace,
+}
+
+/// The API server's own message for an API error (what a human can act on), else the error.
+fn api_message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.reason),
+        other => other.to_string(),
+    }
 }
 
 /// Shared by every reconcile.
@@ -111,6 +119,41 @@ where
     Ok(())
 }
 
+/// Applies the Service. Ports are a list keyed by port number: an edited number would be a
+/// new entry owned by whoever edited it, and ours would come back beside it under the same
+/// name, which the API server refuses. So drifted ports are put back wholesale first.
+async fn apply_service(api: &Api<Service>, desired: &Service) -> Result<Service, Error> {
+    let name = desired.metadata.name.clone().unwrap_or_default();
+    let wanted = desired
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
+    if let Ok(Some(existing)) = api.get_opt(&name).await {
+        let ports = existing.spec.and_then(|s| s.ports).unwrap_or_default();
+        let key = |p: &k8s_openapi::api::core::v1::ServicePort| {
+            (
+                p.name.clone(),
+                p.port,
+                p.target_port.clone(),
+                p.protocol.clone(),
+            )
+        };
+        if ports.iter().map(key).ne(wanted.iter().map(key)) {
+            tracing::info!(service = %name, "ports drifted; restoring them");
+            let patch = serde_json::json!({"spec": {"ports": wanted}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .map_err(|source| Error::Apply {
+                    kind: "Service",
+                    name: name.clone(),
+                    source,
+                })?;
+        }
+    }
+    apply(api, desired).await
+}
+
 async fn apply_children(
     kex: &KinesisExporter,
     ctx: &Context,
@@ -134,7 +177,7 @@ async fn apply_children(
         &resources::deployment(kex, &ctx.defaults),
     )
     .await?;
-    apply(
+    apply_service(
         &Api::<Service>::namespaced(client.clone(), ns),
         &resources::service(kex),
     )
@@ -154,12 +197,18 @@ pub async fn reconcile(kex: Arc<KinesisExporter>, ctx: Arc<Context>) -> Result<A
     let key = format!("{ns}/{}", kex.name_any());
     let applied = apply_children(&kex, &ctx, &ns).await;
     let (deployment, error) = match &applied {
-        Ok(d) => (Some(d), None),
-        Err(e) => (None, Some(e.to_string())),
+        Ok(d) => (Some(d.clone()), None),
+        // The counts still come from the Deployment as it is, so that the scale subresource
+        // (and any autoscaler) keeps seeing the real replicas while we are degraded.
+        Err(e) => {
+            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+            let existing = api.get_opt(&kex.name_any()).await.ok().flatten();
+            (existing, Some(e.to_string()))
+        }
     };
     let new_status = status::compute(
         &kex,
-        deployment,
+        deployment.as_ref(),
         error.as_deref(),
         k8s_openapi::jiff::Timestamp::now(),
     );
@@ -199,8 +248,9 @@ async fn publish_transitions(
     let changed =
         |t: &str| status::condition_status(old, t) != status::condition_status(Some(new), t);
     let mut events = Vec::new();
-    if changed(READY) {
-        let ready = status::condition_status(Some(new), READY) == Some("True");
+    let ready = status::condition_status(Some(new), READY) == Some("True");
+    // A new resource is not ready yet: that is news only once it becomes ready.
+    if changed(READY) && (old.is_some() || ready) {
         events.push(Event {
             type_: EventType::Normal,
             reason: if ready { "Ready" } else { "NotReady" }.into(),

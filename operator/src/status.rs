@@ -29,8 +29,13 @@ pub fn compute(
     let updated = status.updated_replicas.unwrap_or(0);
     let available = status.available_replicas.unwrap_or(0);
     let total = status.replicas.unwrap_or(0);
-    // Pods that run the current configuration and are available.
-    let ready_current = updated.min(available);
+    // Pods that run the current configuration and are available. Until the deployment
+    // controller has seen the current spec, its counts describe the previous template.
+    let ready_current = if generation_seen {
+        updated.min(available)
+    } else {
+        0
+    };
     let rolled_out = generation_seen && updated == desired && total == desired;
     let ready = error.is_none() && rolled_out && ready_current >= desired;
 
@@ -191,13 +196,15 @@ mod tests {
 
     #[test]
     fn a_rollout_is_progressing_not_ready() {
-        // New generation not yet observed by the deployment controller.
+        // New generation not yet observed by the deployment controller: its counts are of the
+        // old pods, so none counts as ready with the current configuration.
         let s = compute(
             &kex(2),
             Some(&deployment(4, 3, 2, 2, 2)),
             None,
             Timestamp::UNIX_EPOCH,
         );
+        assert_eq!(s.ready.as_deref(), Some("0/2"));
         assert_eq!(
             (
                 get(&s, READY).status.as_str(),
