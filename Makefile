@@ -15,6 +15,13 @@ CARGO ?= cargo
 PYTHON := python3
 VENV_PYTHON := tests/.venv/bin/python
 
+# Go (for helm and the Kubernetes control plane) is often installed in /usr/local/go.
+ifeq ($(shell command -v go 2>/dev/null),)
+  ifneq ($(wildcard /usr/local/go/bin/go),)
+    export PATH := /usr/local/go/bin:$(PATH)
+  endif
+endif
+
 # rustup installs into ~/.cargo/bin, which a fresh non-login shell may not have on PATH yet.
 ifeq ($(shell command -v $(CARGO) 2>/dev/null),)
   ifneq ($(wildcard $(HOME)/.cargo/bin/cargo),)
@@ -33,7 +40,7 @@ endif
 
 say = @printf '==> %s\n' "$(1)"
 
-.PHONY: crds help deps build lint chart-lint toolchain test-rust test-e2e test bench demo clean distclean
+.PHONY: crds help deps build lint chart-lint toolchain test-rust test-e2e test-k8s test bench demo clean distclean
 
 help: ## List the targets
 	@echo "kinesis-exporter targets:"
@@ -41,7 +48,7 @@ help: ## List the targets
 	  awk 'BEGIN {FS = ":.*## "} {printf "  make %-10s %s\n", $$1, $$2}'
 
 deps: ## Install the e2e test peers (tests/.venv, tests/node_modules)
-	$(call say,checking tools: python3 node npm cargo)
+	$(call say,checking tools: python3 node npm cargo go openssl)
 	@missing=0; \
 	need() { \
 	  if ! command -v "$$1" >/dev/null 2>&1; then \
@@ -52,6 +59,8 @@ deps: ## Install the e2e test peers (tests/.venv, tests/node_modules)
 	need node "install Node.js 18+ (Debian/Ubuntu: apt-get install nodejs npm, or https://nodejs.org)"; \
 	need npm "install npm (it ships with Node.js; Debian/Ubuntu: apt-get install npm)"; \
 	need $(CARGO) "install Rust with rustup: https://rustup.rs"; \
+	need go "install Go 1.26+ (it builds helm and the Kubernetes control plane for the tests)"; \
+	need openssl "install openssl (the test control plane makes its certificates with it)"; \
 	exit $$missing
 	@if [ -x tests/.venv/bin/python ] && ! tests/.venv/bin/python -m pip --version >/dev/null 2>&1; then \
 	  printf '==> %s\n' "tests/.venv has no working pip (an interrupted venv creation?); removing it"; \
@@ -126,9 +135,18 @@ test-e2e: deps build ## End-to-end tests against real peers (tests/run.sh)
 	$(call say,end-to-end tests (bash tests/run.sh))
 	@bash tests/run.sh
 
-test: ## lint, chart-lint, then test-rust, then test-e2e
+# A real local control plane (tests/k8s/controlplane.sh: etcd, kube-apiserver, controller-manager,
+# scheduler, kwok), the chart installed by helm, the operator run locally as the chart's
+# ServiceAccount. The first `controlplane.sh build` takes tens of minutes; later runs reuse the cache.
+test-k8s: deps build ## Operator + chart end-to-end tests on a local Kubernetes control plane (tests/k8s)
+	$(call say,control plane binaries (tests/k8s/controlplane.sh build))
+	@tests/k8s/controlplane.sh build
+	$(call say,Kubernetes end-to-end tests (pytest tests/k8s))
+	@$(VENV_PYTHON) -m pytest -q -p no:cacheprovider tests/k8s
+
+test: ## lint, chart-lint, test-rust, test-e2e, then test-k8s (everything CI runs)
 	@all_start=$$(date +%s); \
-	for step in lint chart-lint test-rust test-e2e; do \
+	for step in lint chart-lint test-rust test-e2e test-k8s; do \
 	  start=$$(date +%s); \
 	  printf '==> make %s\n' "$$step"; \
 	  if ! $(MAKE) $$step; then \
@@ -139,7 +157,7 @@ test: ## lint, chart-lint, then test-rust, then test-e2e
 	done; \
 	printf '==> all tests passed in %ss\n' "$$(( $$(date +%s) - all_start ))"
 
-bench: ## Aggregation benchmark (criterion)
+bench: ## Aggregation benchmark: aggregation vs MD5-only throughput, median of 15 rounds
 	$(call say,cargo bench -p kinesis-exporter --bench aggregation)
 	@$(CARGO) bench -p kinesis-exporter --bench aggregation
 

@@ -10,6 +10,9 @@
 # GOFLAGS=-p=1 so they leave the CPU to anything else running (cargo, tests).
 
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+# Go build parallelism: 1 on a developer's machine, so builds leave the CPU to cargo and
+# tests; every core under CI, where nothing else runs.
+KEX_GO_PARALLELISM="${KEX_GO_PARALLELISM:-$([ "${CI:-}" = true ] && nproc || echo 1)}"
 KINESIS_TOOLS_DIR="${KINESIS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kinesis-exporter/bin}"
 
 _tools_say() { printf '==> %s\n' "$*" >&2; }
@@ -49,7 +52,7 @@ ensure_helm() {
     ldflags="$ldflags -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$k8s_minor"
   fi
   work="$(mktemp -d "$KINESIS_TOOLS_DIR/.helm-build.XXXXXX")" || return 1
-  if ! GOBIN="$work" CGO_ENABLED=0 GOFLAGS="-p=1 -buildvcs=false" \
+  if ! GOBIN="$work" CGO_ENABLED=0 GOFLAGS="-p=${KEX_GO_PARALLELISM} -buildvcs=false" \
        nice -n 19 go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"; then
     rm -rf "$work"
     echo "error: building helm $HELM_VERSION failed" >&2

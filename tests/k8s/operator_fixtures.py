@@ -1,0 +1,311 @@
+"""Fixtures for the operator end-to-end tests (``test_operator.py``).
+
+* ``chart_release``: the chart in ``charts/kinesis-operator`` installed by the real helm into
+  ``kex-system`` (replicaCount 1; its operator pod "runs" on a kwok node).
+* ``operator``: ``target/debug/kinesis-operator`` (or ``$KEX_OPERATOR_BIN``) as a LOCAL
+  process whose kubeconfig holds a token of the chart's ServiceAccount, so every call it makes
+  is authorised by the chart's RBAC. Stopped with SIGTERM at the end of the session (it must
+  exit 0); its log is printed under each failing test (``operator_log_on_failure``).
+* ``kinesalite``, ``moto``, ``exporter_bin``: the main suite's fixtures from tests/conftest.py,
+  re-exported. tests/ is on sys.path (tests/k8s is a package, so pytest puts its parent
+  there) and tests/conftest.py is importable as ``conftest`` without being loaded as this
+  run's conftest, so collection stays as tests/k8s/conftest.py arranges it.
+
+Test modules import the fixtures they use from here (``from .operator_fixtures import ...``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import pytest
+import yaml
+
+# Re-exported fixtures of the main suite (see the module docstring).
+from conftest import exporter_bin, free_port, kinesalite, moto  # noqa: F401
+
+from .k8s_helpers import Cluster, poll
+
+K8S_DIR = Path(__file__).resolve().parent
+REPO_DIR = K8S_DIR.parents[1]
+CHART_DIR = REPO_DIR / "charts" / "kinesis-operator"
+
+RELEASE = "kex"
+OPERATOR_NAMESPACE = "kex-system"
+EXPORTER_IMAGE = "kinesis-exporter:test"
+RESTRICTED_LABELS = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+
+
+# --------------------------------------------------------------------------- helm + chart
+
+
+@pytest.fixture(scope="session")
+def helm_bin() -> str:
+    """The cached helm binary (tests/k8s/tools.sh builds it once)."""
+    proc = subprocess.run(["bash", str(K8S_DIR / "tools.sh"), "ensure_helm"],
+                          capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        pytest.fail(f"tools.sh ensure_helm failed ({proc.returncode}):\n{proc.stderr}", pytrace=False)
+    return proc.stdout.strip().splitlines()[-1]
+
+
+class ChartRelease(NamedTuple):
+    name: str
+    namespace: str
+    service_account: str
+    cluster_role: str
+    manifest: list  # the rendered objects helm installed
+    install_seconds: float
+
+
+def helm(helm_bin: str, cluster: Cluster, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run([helm_bin, "--kubeconfig", str(cluster.kubeconfig), *args],
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def chart_release(k8s_cluster: Cluster, helm_bin: str) -> Iterator[ChartRelease]:
+    """``helm install kex charts/kinesis-operator -n kex-system --set replicaCount=1 --wait``."""
+    start = time.monotonic()
+    helm(helm_bin, k8s_cluster, "install", RELEASE, str(CHART_DIR), "--namespace", OPERATOR_NAMESPACE,
+         "--create-namespace", "--set", "replicaCount=1", "--wait", "--timeout", "3m")
+    took = time.monotonic() - start
+    manifest = [doc for doc in yaml.safe_load_all(
+        helm(helm_bin, k8s_cluster, "get", "manifest", RELEASE, "-n", OPERATOR_NAMESPACE).stdout) if doc]
+    by_kind: dict[str, list[dict]] = {}
+    for doc in manifest:
+        by_kind.setdefault(doc["kind"], []).append(doc)
+    accounts = by_kind.get("ServiceAccount", [])
+    roles = by_kind.get("ClusterRole", [])
+    assert len(accounts) == 1, f"the chart should render one ServiceAccount, got {accounts}"
+    assert len(roles) == 1, f"the chart (cluster-wide mode) should render one ClusterRole, got {roles}"
+    yield ChartRelease(RELEASE, OPERATOR_NAMESPACE, accounts[0]["metadata"]["name"],
+                       roles[0]["metadata"]["name"], manifest, took)
+    subprocess.run([helm_bin, "--kubeconfig", str(k8s_cluster.kubeconfig), "uninstall", RELEASE,
+                    "-n", OPERATOR_NAMESPACE], capture_output=True, text=True, timeout=120)
+
+
+def token_kubeconfig(path: Path, cluster: Cluster, token: str, user: str) -> Path:
+    """A self-contained kubeconfig: the apiserver, its CA, and a bearer token."""
+    config = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "kex-test", "cluster": {
+            "server": cluster.server,
+            "certificate-authority-data": base64.b64encode(cluster.ca_file.read_bytes()).decode(),
+        }}],
+        "users": [{"name": user, "user": {"token": token}}],
+        "contexts": [{"name": "kex-test", "context": {"cluster": "kex-test", "user": user}}],
+        "current-context": "kex-test",
+    }
+    path.write_text(yaml.safe_dump(config))
+    path.chmod(0o600)
+    return path
+
+
+# --------------------------------------------------------------------------- the operator
+
+
+class OperatorProcess:
+    """``kinesis-operator`` running locally with a ServiceAccount-token kubeconfig."""
+
+    def __init__(self, binary: Path, kubeconfig: Path, workdir: Path):
+        self.binary = binary
+        self.kubeconfig = kubeconfig
+        self.port = free_port()
+        self.log_path = workdir / "operator.log"
+        self.proc: subprocess.Popen | None = None
+        self.returncode: int | None = None
+
+    @property
+    def argv(self) -> list[str]:
+        return [str(self.binary), "--metrics-address", f"127.0.0.1:{self.port}",
+                "--exporter-image", EXPORTER_IMAGE, "--log-format", "json"]
+
+    def start(self) -> "OperatorProcess":
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self.log_path.parent),
+            "KUBECONFIG": str(self.kubeconfig),
+            "POD_NAMESPACE": OPERATOR_NAMESPACE,
+            # info, plus the controller's per-object "reconciled" lines (the tests count them).
+            "RUST_LOG": os.environ.get("KEX_OPERATOR_RUST_LOG", "info,kinesis_operator=debug"),
+            "RUST_BACKTRACE": "1",
+        }
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def log(self, tail: int = 8000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-tail:]
+        except FileNotFoundError:
+            return ""
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def records(self, since: int = 0) -> list[dict]:
+        """The JSON log lines written after byte offset ``since`` (other lines skipped)."""
+        with open(self.log_path, "rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace")
+        out = []
+        for line in text.splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return out
+
+    def check_running(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"kinesis-operator exited with status {self.proc.returncode}; "
+                                 f"log {self.log_path}:\n{self.log()}")
+
+    def _get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=3) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, ""
+        except OSError:
+            return 0, ""
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        def ready():
+            self.check_running()
+            return self._get("/readyz")[0] == 200
+        poll("kinesis-operator /readyz", ready, timeout=timeout, interval=0.25)
+
+    def metrics_text(self) -> str:
+        self.check_running()
+        status, text = self._get("/metrics")
+        assert status == 200, f"/metrics answered {status}"
+        return text
+
+    def reconciliations(self, result: str = "ok") -> float:
+        """kinesis_operator_reconciliations_total{result=...} (0 before the first one)."""
+        pattern = re.compile(r'^kinesis_operator_reconciliations_total\{result="%s"\}\s+(\S+)' % re.escape(result), re.M)
+        match = pattern.search(self.metrics_text())
+        return float(match.group(1)) if match else 0.0
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM, wait; assert a clean exit (status 0). Idempotent."""
+        if self.proc is None or self.returncode is not None:
+            return self.returncode or 0
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            self.returncode = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+            self.returncode = -9
+            self._log.close()
+            raise AssertionError(f"kinesis-operator did not exit within {timeout:.0f}s of SIGTERM "
+                                 f"(killed); log:\n{self.log()}") from None
+        self._log.close()
+        assert self.returncode == 0, f"kinesis-operator exited {self.returncode} after SIGTERM; log:\n{self.log()}"
+        return self.returncode
+
+
+    def kill(self) -> None:
+        """Last-resort cleanup (no assertion)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+class RunningOperator(NamedTuple):
+    process: OperatorProcess
+    kubeconfig: Path        # the ServiceAccount-token kubeconfig the operator uses
+    username: str           # who the apiserver says that token is
+    start_seconds: float
+
+
+def operator_bin() -> Path:
+    path = Path(os.environ.get("KEX_OPERATOR_BIN") or REPO_DIR / "target" / "debug" / "kinesis-operator")
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(f"kinesis-operator binary not found at {path}: cargo build --workspace, "
+                    f"or set KEX_OPERATOR_BIN", pytrace=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def operator(k8s_cluster: Cluster, chart_release: ChartRelease,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningOperator]:
+    """The operator as a local process, authenticated as the chart's ServiceAccount."""
+    workdir = tmp_path_factory.mktemp("operator")
+    token = k8s_cluster.kubectl("-n", chart_release.namespace, "create", "token",
+                                chart_release.service_account, "--duration", "2h").stdout.strip()
+    kubeconfig = token_kubeconfig(workdir / "kubeconfig", k8s_cluster, token, chart_release.service_account)
+    whoami = subprocess.run([k8s_cluster.kubectl_bin, "--kubeconfig", str(kubeconfig), "auth", "whoami",
+                             "-o", "json"], capture_output=True, text=True, timeout=30)
+    assert whoami.returncode == 0, whoami.stderr
+    username = json.loads(whoami.stdout)["status"]["userInfo"]["username"]
+
+    process = OperatorProcess(operator_bin(), kubeconfig, workdir)
+    start = time.monotonic()
+    process.start()
+    try:
+        process.wait_ready()
+    except AssertionError as err:
+        process.kill()
+        detail = "" if process.proc.poll() is not None and "exited with status" in str(err) \
+            else f"\n--- operator log ({process.log_path}):\n{process.log()}"
+        pytest.fail(f"{err}{detail}", pytrace=False)
+    yield RunningOperator(process, kubeconfig, username, time.monotonic() - start)
+    process.stop()
+
+
+@pytest.fixture(autouse=False)
+def operator_log_on_failure(request: pytest.FixtureRequest, operator: RunningOperator) -> Iterator[None]:
+    """Print the operator's log tail when the test failed (shown under 'Captured stdout teardown')."""
+    failed_before = request.session.testsfailed
+    offset = operator.process.log_size()
+    yield
+    if request.session.testsfailed > failed_before:
+        with open(operator.process.log_path, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        print(f"--- kinesis-operator log during this test ({operator.process.log_path}):\n{text[-12000:]}")
+
+
+# --------------------------------------------------------------------------- namespaces
+
+
+@pytest.fixture(scope="module")
+def make_namespace(k8s_cluster: Cluster):
+    """Factory: ``make_namespace(name, restricted=True)`` creates a namespace (labelled for the
+    restricted Pod Security Standard) and waits for its default ServiceAccount."""
+
+    def make(name: str, restricted: bool = True) -> str:
+        ns = {"apiVersion": "v1", "kind": "Namespace",
+              "metadata": {"name": name, "labels": RESTRICTED_LABELS if restricted else {}}}
+        k8s_cluster.kubectl("apply", "-f", "-", input=json.dumps(ns))
+        poll(f"ServiceAccount default in {name}",
+             lambda: k8s_cluster.kubectl("-n", name, "get", "serviceaccount", "default",
+                                         check=False).returncode == 0, timeout=60)
+        return name
+
+    return make
