@@ -1,6 +1,7 @@
 # kinesis-exporter: build, lint, test and demo entry points (GNU make).
 #
-#   make demo   build, install the test peers, push records through kinesalite, show the result
+#   make demo   build, install the test peers, push records through kinesalite, show the result;
+#               then helm install + operator + exporter on a local Kubernetes control plane
 #   make test   lint, chart checks, Rust tests, end-to-end tests (what CI runs through .ci/run)
 #
 # Nothing here is interactive; CI=true also turns colour off.
@@ -161,9 +162,15 @@ bench: ## Aggregation benchmark: aggregation vs MD5-only throughput, median of 1
 	$(call say,cargo bench -p kinesis-exporter --bench aggregation)
 	@$(CARGO) bench -p kinesis-exporter --bench aggregation
 
-demo: build deps ## Put 20000 records into kinesalite, then OTLP traces/metrics/logs over gRPC and HTTP; read back
+# The last part runs on the local control plane of tests/k8s: its first `controlplane.sh build`
+# compiles the Kubernetes binaries from Go modules (needs go); later runs reuse the cache.
+demo: build deps ## Put 20000 records into kinesalite, OTLP over gRPC/HTTP, then helm + operator + exporter on a local cluster
 	$(call say,running the demo (tests/demo.py))
 	@$(VENV_PYTHON) tests/demo.py
+	$(call say,building the Kubernetes control plane from Go modules (first run only; about 15 minutes on 2 cores; later runs use the cache))
+	@tests/k8s/controlplane.sh build
+	$(call say,running the Kubernetes demo (tests/demo_k8s.py))
+	@$(VENV_PYTHON) tests/demo_k8s.py
 
 clean: ## Remove build output and Python caches
 	$(call say,cargo clean)
