@@ -412,8 +412,8 @@ def run(stack: contextlib.ExitStack, workdir: Path, state: Path, exporter_bin: P
     for problem in problems:
         print(f"FAILED: {problem}")
     if not problems:
-        print("OK: the operator's rendered configuration and the pod's IRSA identity carried every span and "
-              "log record into Kinesis exactly once.")
+        print("OK: the operator's rendered configuration and the pod's IRSA identity carried every span "
+              "into Kinesis exactly once.")
     print()
     return not problems
 
