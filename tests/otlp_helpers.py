@@ -98,7 +98,50 @@ def all_signals_to(exporter_id: str) -> dict:
     return {signal_: {"receivers": ["otlp"], "exporters": [exporter_id]} for signal_ in SIGNALS}
 
 
-class ExporterProcess:
+class ManagedProcess:
+    """A child process of the tests with its output in ``log_path``, stopped with SIGTERM and
+    expected to exit 0. Subclasses set ``name`` and ``log_path`` and start ``proc`` with
+    ``start_new_session=True`` (so the whole group can be killed as a last resort)."""
+
+    name: str
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    returncode: int | None = None
+    _log = None
+
+    def logs(self, tail: int = 6000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-tail:]
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = EXPORTER_STOP_TIMEOUT) -> int:
+        """SIGTERM, wait up to ``timeout`` s; assert a clean exit (status 0). Idempotent."""
+        if self.proc is None or self.returncode is not None:
+            return self.returncode or 0
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.returncode = self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+            self.returncode = -9
+            self._log.close()
+            raise AssertionError(f"{self.name} did not exit within {timeout:.0f}s of SIGTERM "
+                                 f"(killed); log:\n{self.logs()}") from None
+        self._log.close()
+        assert self.returncode == 0, f"{self.name} exited {self.returncode} after SIGTERM; log:\n{self.logs()}"
+        return self.returncode
+
+    def kill(self) -> None:
+        """Last-resort cleanup (no assertion)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+
+class ExporterProcess(ManagedProcess):
     """One running ``kinesis-exporter`` with an OTLP ingress on free 127.0.0.1 ports.
 
     ``exporters`` maps exporter ids (``kinesis``, ``kinesis/traces``...) to their config;
@@ -163,12 +206,6 @@ class ExporterProcess:
         )
         return self
 
-    def logs(self, tail: int = 6000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-tail:]
-        except FileNotFoundError:
-            return ""
-
     def check_running(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:
             raise AssertionError(f"{self.name} exited with status {self.proc.returncode}; "
@@ -185,31 +222,6 @@ class ExporterProcess:
         except TimeoutError as err:
             raise AssertionError(f"{err}; log:\n{self.logs()}") from None
         return self
-
-    def stop(self, timeout: float = EXPORTER_STOP_TIMEOUT) -> int:
-        """SIGTERM, wait up to ``timeout`` s; assert a clean exit (status 0). Idempotent."""
-        if self.proc is None or self.returncode is not None:
-            return self.returncode or 0
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.returncode = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-            self.returncode = -9
-            self._log.close()
-            raise AssertionError(f"{self.name} did not exit within {timeout:.0f}s of SIGTERM "
-                                 f"(killed); log:\n{self.logs()}") from None
-        self._log.close()
-        assert self.returncode == 0, f"{self.name} exited {self.returncode} after SIGTERM; log:\n{self.logs()}"
-        return self.returncode
-
-    def kill(self) -> None:
-        """Last-resort cleanup (no assertion)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
 
     # ---- telemetry
 

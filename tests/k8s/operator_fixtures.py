@@ -33,6 +33,7 @@ import yaml
 
 # Re-exported fixtures of the main suite (see the module docstring).
 from conftest import exporter_bin, free_port, kinesalite, moto  # noqa: F401
+from otlp_helpers import ManagedProcess
 
 from .k8s_helpers import Cluster, poll
 
@@ -121,8 +122,10 @@ def token_kubeconfig(path: Path, cluster: Cluster, token: str, user: str) -> Pat
 # --------------------------------------------------------------------------- the operator
 
 
-class OperatorProcess:
+class OperatorProcess(ManagedProcess):
     """``kinesis-operator`` running locally with a ServiceAccount-token kubeconfig."""
+
+    name = "kinesis-operator"
 
     def __init__(self, binary: Path, kubeconfig: Path, workdir: Path):
         self.binary = binary
@@ -153,10 +156,7 @@ class OperatorProcess:
         return self
 
     def log(self, tail: int = 8000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-tail:]
-        except FileNotFoundError:
-            return ""
+        return self.logs(tail)
 
     def log_size(self) -> int:
         try:
@@ -208,32 +208,6 @@ class OperatorProcess:
         pattern = re.compile(r'^kinesis_operator_reconciliations_total\{result="%s"\}\s+(\S+)' % re.escape(result), re.M)
         match = pattern.search(self.metrics_text())
         return float(match.group(1)) if match else 0.0
-
-    def stop(self, timeout: float = 30) -> int:
-        """SIGTERM, wait; assert a clean exit (status 0). Idempotent."""
-        if self.proc is None or self.returncode is not None:
-            return self.returncode or 0
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.returncode = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-            self.returncode = -9
-            self._log.close()
-            raise AssertionError(f"kinesis-operator did not exit within {timeout:.0f}s of SIGTERM "
-                                 f"(killed); log:\n{self.log()}") from None
-        self._log.close()
-        assert self.returncode == 0, f"kinesis-operator exited {self.returncode} after SIGTERM; log:\n{self.log()}"
-        return self.returncode
-
-
-    def kill(self) -> None:
-        """Last-resort cleanup (no assertion)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
 
 
 class RunningOperator(NamedTuple):
