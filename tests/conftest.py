@@ -185,13 +185,9 @@ def moto_server_path() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def moto(tmp_path_factory) -> Iterator[str]:
-    """Endpoint URL of a moto server (all services) on 127.0.0.1, for the whole session.
-
-    Its call recorder writes to a file in the fixture's temporary directory.
-    """
-    workdir = tmp_path_factory.mktemp("moto")
+def start_moto_server(workdir: Path) -> tuple[Peer, str]:
+    """Starts moto_server on a free 127.0.0.1 port with its call recorder writing into
+    ``workdir``; returns the peer (stop it) and its endpoint URL once it answers."""
     port = free_port()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -211,6 +207,20 @@ def moto(tmp_path_factory) -> Iterator[str]:
     try:
         wait_for(lambda: peer.check_running() or _answers_http(f"{endpoint}/moto-api/data.json"),
                  PEER_START_TIMEOUT, "moto_server to answer /moto-api/data.json")
+    except BaseException:
+        peer.stop()
+        raise
+    return peer, endpoint
+
+
+@pytest.fixture(scope="session")
+def moto(tmp_path_factory) -> Iterator[str]:
+    """Endpoint URL of a moto server (all services) on 127.0.0.1, for the whole session.
+
+    Its call recorder writes to a file in the fixture's temporary directory.
+    """
+    peer, endpoint = start_moto_server(tmp_path_factory.mktemp("moto"))
+    try:
         yield endpoint
     finally:
         peer.stop()

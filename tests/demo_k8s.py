@@ -43,21 +43,16 @@ sys.path.insert(0, str(TESTS_DIR))
 import yaml  # noqa: E402
 
 from conftest import (  # noqa: E402 - needs the sys.path entry above
-    PEER_START_TIMEOUT,
     REPO_DIR,
-    Peer,
-    _answers_http,
     create_stream,
     deaggregate_python,
-    free_port,
     moto_assumed_roles,
-    moto_server_path,
     read_all_records,
     shard_ranges,
+    start_moto_server,
     start_recording,
     stop_recording,
     sts_calls,
-    wait_for,
 )
 from k8s.k8s_helpers import Cluster, poll  # noqa: E402
 from k8s.operator_fixtures import (  # noqa: E402
@@ -123,23 +118,11 @@ def start_kinesalite(workdir: Path, stack: contextlib.ExitStack) -> str:
 
 
 def start_moto(workdir: Path, stack: contextlib.ExitStack) -> str:
-    """moto_server on a free 127.0.0.1 port, recorder on (as tests/conftest.py's fixture)."""
+    """moto_server on a free 127.0.0.1 port, recorder on (the test fixture's starter)."""
     motodir = workdir / "moto"
     motodir.mkdir()
-    port = free_port()
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(motodir),
-        "MOTO_RECORDER_FILEPATH": str(motodir / "recording.jsonl"),
-        "AWS_CONFIG_FILE": str(motodir / "missing"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(motodir / "missing"),
-    }
-    peer = Peer("moto_server", [str(moto_server_path()), "-H", "127.0.0.1", "-p", str(port)],
-                log_path=motodir / "moto.log", cwd=motodir, env=env)
+    peer, endpoint = start_moto_server(motodir)
     stack.callback(peer.stop)
-    endpoint = f"http://127.0.0.1:{port}"
-    wait_for(lambda: peer.check_running() or _answers_http(f"{endpoint}/moto-api/data.json"),
-             PEER_START_TIMEOUT, "moto_server to answer /moto-api/data.json")
     return endpoint
 
 
