@@ -10,23 +10,12 @@ use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceResponse,
-};
 use prost::Message;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
-use super::http::partial;
-use super::{Accepted, ExportError, Ingress};
-use crate::config::Signal;
-use crate::encoding;
+use super::signal::{Logs, Metrics, OtlpSignal, Traces};
+use super::{ExportError, Ingress};
 
 #[derive(Clone)]
 struct GrpcState {
@@ -38,15 +27,15 @@ pub fn router(ingress: Arc<Ingress>, max_message: usize) -> Router {
     Router::new()
         .route(
             "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-            post(traces),
+            post(unary::<Traces>),
         )
         .route(
             "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
-            post(metrics),
+            post(unary::<Metrics>),
         )
         .route(
             "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
-            post(logs),
+            post(unary::<Logs>),
         )
         .fallback(|| async { status_only(tonic::Code::Unimplemented) })
         .with_state(GrpcState {
@@ -64,81 +53,24 @@ fn status_only(code: tonic::Code) -> Response {
         .expect("static response")
 }
 
-async fn traces(State(state): State<GrpcState>, request: Request) -> Response {
-    unary(
-        state,
-        Signal::Traces,
-        request,
-        encoding::traces,
-        |a: &Accepted| ExportTraceServiceResponse {
-            partial_success: partial(a, |rejected, message| ExportTracePartialSuccess {
-                rejected_spans: rejected,
-                error_message: message,
-            }),
-        },
-    )
-    .await
-}
-
-async fn metrics(State(state): State<GrpcState>, request: Request) -> Response {
-    unary(
-        state,
-        Signal::Metrics,
-        request,
-        encoding::metrics,
-        |a: &Accepted| ExportMetricsServiceResponse {
-            partial_success: partial(a, |rejected, message| ExportMetricsPartialSuccess {
-                rejected_data_points: rejected,
-                error_message: message,
-            }),
-        },
-    )
-    .await
-}
-
-async fn logs(State(state): State<GrpcState>, request: Request) -> Response {
-    unary(
-        state,
-        Signal::Logs,
-        request,
-        encoding::logs,
-        |a: &Accepted| ExportLogsServiceResponse {
-            partial_success: partial(a, |rejected, message| ExportLogsPartialSuccess {
-                rejected_log_records: rejected,
-                error_message: message,
-            }),
-        },
-    )
-    .await
-}
-
 /// Runs one unary Export call through tonic's framing, compression and size limits.
-async fn unary<Req, Resp>(
-    state: GrpcState,
-    signal: Signal,
-    request: Request,
-    encode: fn(Req, &encoding::RecordFormat) -> encoding::Encoded,
-    respond: fn(&Accepted) -> Resp,
-) -> Response
-where
-    Req: Message + Default + Clone + Send + 'static,
-    Resp: Message + Send + 'static,
-{
-    let mut grpc = tonic::server::Grpc::new(OtlpCodec::<Resp, Req>::default())
+async fn unary<S: OtlpSignal>(State(state): State<GrpcState>, request: Request) -> Response {
+    let signal = S::SIGNAL;
+    let mut grpc = tonic::server::Grpc::new(OtlpCodec::<S::Response, S::Request>::default())
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(state.max_message);
     let ingress = state.ingress.clone();
-    let service = tower::service_fn(move |request: tonic::Request<Req>| {
+    let service = tower::service_fn(move |request: tonic::Request<S::Request>| {
         let ingress = ingress.clone();
         async move {
             let result = ingress
-                .export(signal, "grpc", request.into_inner(), encode)
+                .export(signal, "grpc", request.into_inner(), S::encode)
                 .await;
             match result {
                 Ok(accepted) => {
                     ingress.metrics.request(signal, "grpc", "ok");
-                    Ok(tonic::Response::new(respond(&accepted)))
+                    Ok(tonic::Response::new(S::respond(&accepted)))
                 }
                 Err(e @ ExportError::NotRouted(_)) => {
                     ingress.metrics.request(signal, "grpc", "not_routed");

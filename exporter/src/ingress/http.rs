@@ -12,22 +12,12 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use prost::Message;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{Accepted, ExportError, Ingress};
-use crate::config::Signal;
-use crate::encoding;
+use super::signal::{Logs, Metrics, OtlpSignal, Traces};
+use super::{ExportError, Ingress};
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
@@ -57,9 +47,9 @@ enum Format {
 
 pub fn router(ingress: Arc<Ingress>, max_body: usize) -> Router {
     Router::new()
-        .route("/v1/traces", post(traces))
-        .route("/v1/metrics", post(metrics))
-        .route("/v1/logs", post(logs))
+        .route("/v1/traces", post(handle::<Traces>))
+        .route("/v1/metrics", post(handle::<Metrics>))
+        .route("/v1/logs", post(handle::<Logs>))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -71,74 +61,12 @@ pub fn router(ingress: Arc<Ingress>, max_body: usize) -> Router {
         .with_state(HttpState { ingress, max_body })
 }
 
-async fn traces(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
-    handle::<ExportTraceServiceRequest, _>(
-        state,
-        Signal::Traces,
-        headers,
-        body,
-        encoding::traces,
-        |a| ExportTraceServiceResponse {
-            partial_success: partial(a, |rejected, message| ExportTracePartialSuccess {
-                rejected_spans: rejected,
-                error_message: message,
-            }),
-        },
-    )
-    .await
-}
-
-async fn metrics(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
-    handle::<ExportMetricsServiceRequest, _>(
-        state,
-        Signal::Metrics,
-        headers,
-        body,
-        encoding::metrics,
-        |a| ExportMetricsServiceResponse {
-            partial_success: partial(a, |rejected, message| ExportMetricsPartialSuccess {
-                rejected_data_points: rejected,
-                error_message: message,
-            }),
-        },
-    )
-    .await
-}
-
-async fn logs(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
-    handle::<ExportLogsServiceRequest, _>(state, Signal::Logs, headers, body, encoding::logs, |a| {
-        ExportLogsServiceResponse {
-            partial_success: partial(a, |rejected, message| ExportLogsPartialSuccess {
-                rejected_log_records: rejected,
-                error_message: message,
-            }),
-        }
-    })
-    .await
-}
-
-/// The partial_success field: set only when something was rejected.
-pub(super) fn partial<P>(accepted: &Accepted, make: impl Fn(i64, String) -> P) -> Option<P> {
-    (accepted.rejected > 0).then(|| {
-        make(
-            accepted.rejected as i64,
-            accepted.message.clone().unwrap_or_default(),
-        )
-    })
-}
-
-async fn handle<Req, Resp>(
-    state: HttpState,
-    signal: Signal,
+async fn handle<S: OtlpSignal>(
+    State(state): State<HttpState>,
     headers: HeaderMap,
     body: Bytes,
-    encode: fn(Req, &encoding::RecordFormat) -> encoding::Encoded,
-    respond: impl Fn(&Accepted) -> Resp,
-) -> Response
-where
-    Req: Message + Default + DeserializeOwned + Clone,
-    Resp: Message + Serialize,
-{
+) -> Response {
+    let signal = S::SIGNAL;
     let ingress = &state.ingress;
     if !ingress.accepts(signal) {
         ingress.metrics.request(signal, "http", "not_routed");
@@ -165,7 +93,7 @@ where
             return error(format, status, message);
         }
     };
-    let request: Req = match decode(format, &body) {
+    let request: S::Request = match decode(format, &body) {
         Ok(request) => request,
         Err(message) => {
             ingress.metrics.request(signal, "http", "bad_request");
@@ -176,10 +104,10 @@ where
             );
         }
     };
-    match ingress.export(signal, "http", request, encode).await {
+    match ingress.export(signal, "http", request, S::encode).await {
         Ok(accepted) => {
             ingress.metrics.request(signal, "http", "ok");
-            let response = respond(&accepted);
+            let response = S::respond(&accepted);
             let body = match format {
                 Format::Protobuf => response.encode_to_vec(),
                 Format::Json => serde_json::to_vec(&response).expect("responses serialise"),

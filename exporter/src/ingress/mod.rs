@@ -3,6 +3,7 @@
 
 pub mod grpc;
 pub mod http;
+mod signal;
 
 use std::collections::HashMap;
 use std::sync::Arc;
