@@ -21,6 +21,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import signal
+import socket
+import time
 import uuid
 from collections import Counter, defaultdict
 
@@ -445,6 +449,38 @@ def test_back_pressure_when_kinesis_never_answers(exporter_process):
         proc.stop()
     finally:
         kinesis.close()
+
+
+def test_sigterm_is_bounded_by_stalled_clients_and_flushes_what_was_acknowledged(kinesalite, exporter_process):
+    """A client that never finishes its request (half-sent HTTP headers, a gRPC connection
+    that sent only its preface) must not hold shutdown: /readyz fails at once, the exporter
+    flushes what it acknowledged and exits 0 within --shutdown-timeout."""
+    stream = new_stream(kinesalite, "otlp-stalled-shutdown")
+    proc = exporter_process({"kinesis": kinesis_exporter(stream, kinesalite, kpl={"flush_interval_seconds": 60})},
+                            pipelines=all_signals_to("kinesis"), args=["--shutdown-timeout", "8",
+                                                                       "--drain-timeout", "2"])
+    sent = send_traces("http", proc, {"acked-before-term": [["a", "b"], ["c"]]})
+    stalled = []
+    for port, opening in [(proc.http_port, b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Len"),
+                          (proc.grpc_port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")]:
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.sendall(opening)
+        stalled.append(sock)
+    try:
+        started = time.monotonic()
+        os.killpg(proc.proc.pid, signal.SIGTERM)
+        wait_until(lambda: requests.get(proc.telemetry_url("/readyz"), timeout=2).status_code == 503,
+                   5, "/readyz to fail once SIGTERM arrived")
+        returncode = proc.proc.wait(timeout=20)
+        took = time.monotonic() - started
+    finally:
+        for sock in stalled:
+            sock.close()
+    assert returncode == 0, proc.logs()
+    assert took < 8, f"exit took {took:.1f}s, more than --shutdown-timeout 8"
+    assert "closing their connections" in proc.logs(), proc.logs()
+    got = spans_of(read_signal(kinesalite, stream, "traces"))
+    assert sorted(s.span_id for s in got) == sorted(s.span_id for s in sent)
 
 
 # --------------------------------------------------------------------------- telemetry

@@ -30,9 +30,14 @@ struct Cli {
         global = true
     )]
     log_format: LogFormat,
-    /// Longest wait, on shutdown, for buffered records to be sent; what is left is dropped and counted.
+    /// Longest time from SIGTERM to exit: requests under way finish (up to --drain-timeout),
+    /// then buffered records are sent; what is left at the end is dropped and counted.
     #[arg(long, default_value = "25", value_name = "SECONDS", global = true)]
     shutdown_timeout: u64,
+    /// Part of --shutdown-timeout given to OTLP requests under way; connections still open after
+    /// it (a stalled client, a half-sent request) are closed without an answer.
+    #[arg(long, default_value = "5", value_name = "SECONDS", global = true)]
+    drain_timeout: u64,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -72,6 +77,7 @@ fn main() -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new()?;
     let shutdown_timeout = Duration::from_secs(cli.shutdown_timeout);
+    let drain_timeout = Duration::from_secs(cli.drain_timeout).min(shutdown_timeout);
     match cli.command {
         Some(Command::Validate) => {
             print!("{}", config.to_yaml());
@@ -81,7 +87,7 @@ fn main() -> anyhow::Result<()> {
             let (id, exporter) = pick_exporter(&config, exporter.as_deref())?;
             runtime.block_on(put_from_stdin(id, exporter, shutdown_timeout))
         }
-        None => runtime.block_on(run(config, shutdown_timeout)),
+        None => runtime.block_on(run(config, shutdown_timeout, drain_timeout)),
     }
 }
 
@@ -128,8 +134,13 @@ async fn start_producer(
 }
 
 /// Runs the exporter: OTLP over gRPC and HTTP in, one producer per exporter out, telemetry on
-/// the side. On SIGTERM or Ctrl-C: stop accepting, finish in-flight requests, flush, exit.
-async fn run(config: Config, shutdown_timeout: Duration) -> anyhow::Result<()> {
+/// the side. On SIGTERM or Ctrl-C: fail /readyz, stop accepting, give requests under way up to
+/// `drain_timeout`, flush, and exit within `shutdown_timeout` whatever clients do.
+async fn run(
+    config: Config,
+    shutdown_timeout: Duration,
+    drain_timeout: Duration,
+) -> anyhow::Result<()> {
     let mut registry = telemetry::new_registry();
     let readiness = telemetry::Readiness::default();
     let mut producers = Vec::new();
@@ -188,15 +199,35 @@ async fn run(config: Config, shutdown_timeout: Duration) -> anyhow::Result<()> {
     );
 
     wait_for_signal().await;
+    let deadline = tokio::time::Instant::now() + shutdown_timeout;
+    readiness.set_draining();
     tracing::info!("shutting down: no new requests; finishing those under way");
     let _ = stop_ingress.send(true);
-    for server in [grpc, http] {
-        server.await??;
+    let mut servers = [grpc, http];
+    let drained = tokio::time::timeout(drain_timeout, async {
+        for server in servers.iter_mut() {
+            server.await??;
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await;
+    match drained {
+        Ok(result) => result?,
+        Err(_) => {
+            // Graceful shutdown waits for every connection; a client that never finishes its
+            // request must not hold back the flush of what was already acknowledged.
+            tracing::warn!(
+                drain_timeout_seconds = drain_timeout.as_secs(),
+                "OTLP requests still under way after the drain timeout; closing their connections"
+            );
+            servers.iter().for_each(|server| server.abort());
+        }
     }
     drop(ingress);
     tracing::info!("flushing buffered records");
     for (id, producer) in producers {
-        let report = producer.shutdown(shutdown_timeout).await;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let report = producer.shutdown(left).await;
         tracing::info!(exporter = %id, abandoned = report.abandoned, "exporter stopped");
     }
     let _ = stop_telemetry.send(true);
@@ -217,6 +248,14 @@ async fn serve(
     router: axum::Router,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Answers are small and clients wait for them: Nagle's algorithm would hold each one back
+    // for the peer's delayed ACK (tens of milliseconds per OTLP response).
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             let _ = stop.wait_for(|stopped| *stopped).await;

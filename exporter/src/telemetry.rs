@@ -36,10 +36,12 @@ pub fn new_registry() -> Registry {
     Registry::with_prefix("kinesis_exporter")
 }
 
-/// Whether the exporter should get traffic: its listeners are bound and every producer runs.
+/// Whether the exporter should get traffic: its listeners are bound, every producer runs, and
+/// it is not shutting down.
 #[derive(Clone, Default)]
 pub struct Readiness {
     listening: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
     producers: Arc<std::sync::Mutex<Vec<Arc<AtomicBool>>>>,
 }
 
@@ -48,12 +50,18 @@ impl Readiness {
         self.listening.store(true, Ordering::SeqCst);
     }
 
+    /// From now on /readyz fails, so that load balancers stop sending before the listeners close.
+    pub fn set_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
     pub fn add_producer(&self, running: Arc<AtomicBool>) {
         self.producers.lock().unwrap().push(running);
     }
 
     pub fn is_ready(&self) -> bool {
         self.listening.load(Ordering::SeqCst)
+            && !self.draining.load(Ordering::SeqCst)
             && self
                 .producers
                 .lock()
