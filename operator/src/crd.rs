@@ -112,6 +112,12 @@ pub struct AwsSpec {
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self.matches('^https?://[^ ]+$')").message("kinesisEndpoint must be an http:// or https:// URL"))]
     pub kinesis_endpoint: Option<String>,
+    /// A custom STS endpoint URL for the web-identity and AssumeRole calls (VPC endpoints,
+    /// tests); set on the pods as AWS_ENDPOINT_URL_STS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^https?://[^ ]+$')").message("stsEndpoint must be an http:// or https:// URL"))]
+    pub sts_endpoint: Option<String>,
     /// IAM role the exporter writes as (assumed with STS when the pod's identity is another).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]

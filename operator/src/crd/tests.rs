@@ -57,7 +57,8 @@ fn assert_refused(patch: Value, message: &str) {
 fn a_minimal_and_a_full_resource_are_valid() {
     assert_eq!(violations(json!({})), Vec::<String>::new());
     let full = json!({
-        "aws": {"kinesisEndpoint": "https://kinesis.us-west-2.amazonaws.com"},
+        "aws": {"kinesisEndpoint": "https://kinesis.us-west-2.amazonaws.com",
+                "stsEndpoint": "https://sts.us-west-2.amazonaws.com"},
         "kpl": {"aggregateBatchCount": 4294967295u64, "aggregateBatchSize": 1048576, "batchSize": 5242880,
                 "batchCount": 1000, "backlogCount": 2000, "flushIntervalSeconds": 5,
                 "maxConnections": 256, "maxRetries": 0, "maxBackoffSeconds": 1},
@@ -83,6 +84,10 @@ fn stream_region_endpoint_and_role_patterns() {
     assert_refused(
         json!({"aws": {"kinesisEndpoint": "ftp://x"}}),
         "kinesisEndpoint must be",
+    );
+    assert_refused(
+        json!({"aws": {"stsEndpoint": "sts.example"}}),
+        "stsEndpoint must be",
     );
     for bad in [
         "arn:test-role",

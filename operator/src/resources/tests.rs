@@ -196,6 +196,42 @@ fn projected_token_mode_wires_irsa_like_the_webhook() {
 }
 
 #[test]
+fn a_custom_sts_endpoint_reaches_the_pods_and_rolls_them() {
+    let endpoint = "http://sts.internal.example:5000";
+    let k = kex(
+        json!({"aws": {"streamName": "traces", "stsEndpoint": endpoint,
+                               "role": "arn:aws:iam::123456789012:role/writer"}}),
+    );
+    let pod = deployment(&k, &defaults())
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    let sts = pod.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "AWS_ENDPOINT_URL_STS")
+        .expect("AWS_ENDPOINT_URL_STS on the container");
+    assert_eq!(sts.value.as_deref(), Some(endpoint));
+    let without = kex(json!({"aws": {"streamName": "traces",
+                                     "role": "arn:aws:iam::123456789012:role/writer"}}));
+    assert_ne!(restart_hash_of(&k), restart_hash_of(&without));
+    let pod = deployment(&without, &defaults())
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    assert!(!pod.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .any(|e| e.name == "AWS_ENDPOINT_URL_STS"));
+}
+
+#[test]
 fn other_identity_modes_and_an_existing_service_account() {
     let k = kex(json!({"identity": {"mode": "EksWebhook"}}));
     let sa = service_account(&k).unwrap();

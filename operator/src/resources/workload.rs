@@ -46,6 +46,7 @@ fn restart_hash(kex: &KinesisExporter) -> String {
     hasher.update(render_config(&kex.spec));
     hasher.update(serde_json::to_vec(&kex.spec.identity).unwrap_or_default());
     hasher.update(kex.spec.aws.role.as_deref().unwrap_or(""));
+    hasher.update(kex.spec.aws.sts_endpoint.as_deref().unwrap_or(""));
     hex::encode(&hasher.finalize()[..16])
 }
 
@@ -83,6 +84,13 @@ pub fn deployment(kex: &KinesisExporter, defaults: &Defaults) -> Deployment {
         read_only: Some(true),
         ..VolumeMount::default()
     }];
+    if let Some(endpoint) = &spec.aws.sts_endpoint {
+        env.push(EnvVar {
+            name: "AWS_ENDPOINT_URL_STS".into(),
+            value: Some(endpoint.clone()),
+            ..EnvVar::default()
+        });
+    }
     if let Some(token) = token {
         env.extend(token.env);
         volumes.push(token.volume);
