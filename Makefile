@@ -41,7 +41,7 @@ endif
 
 say = @printf '==> %s\n' "$(1)"
 
-.PHONY: crds help deps build lint chart-lint toolchain test-rust test-e2e test-k8s test bench demo clean distclean
+.PHONY: crds help deps build lint chart-lint toolchain test-rust test-e2e test-k8s images node test-node test bench demo clean distclean
 
 help: ## List the targets
 	@echo "kinesis-exporter targets:"
@@ -145,9 +145,35 @@ test-k8s: deps build ## Operator + chart end-to-end tests on a local Kubernetes 
 	$(call say,Kubernetes end-to-end tests (pytest tests/k8s))
 	@$(VENV_PYTHON) -m pytest -q -p no:cacheprovider tests/k8s
 
-test: ## lint, chart-lint, test-rust, test-e2e, then test-k8s (everything CI runs)
+# The images of the release binaries, as OCI layouts that `ctr images import` takes: no Docker
+# engine, no registry. User, entrypoint, ports and paths come from the Dockerfiles' final stage.
+IMAGES_DIR := target/images
+images: ## Release binaries as OCI images (no Docker): target/images/kinesis-{exporter,operator}.tar
+	$(call say,cargo build --release (kinesis-exporter, kinesis-operator))
+	@$(CARGO) build --release --locked -p kinesis-exporter -p kinesis-operator --bins
+	$(call say,OCI images into $(IMAGES_DIR) (tests/k8s/oci_image.py))
+	@mkdir -p $(IMAGES_DIR)
+	@for bin in kinesis-exporter kinesis-operator; do \
+	  dir=$${bin#kinesis-}; \
+	  $(PYTHON) tests/k8s/oci_image.py build --dockerfile $$dir/Dockerfile --binary target/release/$$bin \
+	    --name $$bin:dev --out $(IMAGES_DIR)/$$bin.tar >/dev/null; \
+	done
+
+# A real node (kubelet + containerd + runc + CNI + kube-proxy, tests/k8s/node.sh) next to kwok:
+# the Kubernetes node binaries and containerd are built from Go modules once and cached, runc
+# and the CNI plugins come from apt. Needs root.
+node: ## Build (once) and cache the real node's binaries and packages (tests/k8s/node.sh build)
+	$(call say,control plane and node binaries (controlplane.sh build --node, node.sh build))
+	@tests/k8s/controlplane.sh build --node
+	@tests/k8s/node.sh build
+
+test-node: deps images node ## The operator and exporters as real pods on a real node (tests/k8s/realnode)
+	$(call say,real-node end-to-end tests (pytest tests/k8s/realnode))
+	@$(VENV_PYTHON) -m pytest -q -p no:cacheprovider tests/k8s/realnode
+
+test: ## lint, chart-lint, test-rust, test-e2e, test-k8s, then test-node (everything CI runs)
 	@all_start=$$(date +%s); \
-	for step in lint chart-lint test-rust test-e2e test-k8s; do \
+	for step in lint chart-lint test-rust test-e2e test-k8s test-node; do \
 	  start=$$(date +%s); \
 	  printf '==> make %s\n' "$$step"; \
 	  if ! $(MAKE) $$step; then \
@@ -162,14 +188,13 @@ bench: ## Aggregation benchmark: aggregation vs MD5-only throughput, median of 1
 	$(call say,cargo bench -p kinesis-exporter --bench aggregation)
 	@$(CARGO) bench -p kinesis-exporter --bench aggregation
 
-# The last part runs on the local control plane of tests/k8s: its first `controlplane.sh build`
-# compiles the Kubernetes binaries from Go modules (needs go); later runs reuse the cache.
-demo: build deps ## Put 20000 records into kinesalite, OTLP over gRPC/HTTP, then helm + operator + exporter on a local cluster
+# The last part runs on a local control plane with a real node (tests/k8s/controlplane.sh,
+# tests/k8s/node.sh): the first `make node` compiles the Kubernetes binaries and containerd from
+# Go modules (needs go, and root for the node); later runs reuse the cache.
+demo: build deps images node ## Records and OTLP into kinesalite, then helm + operator + exporter as real pods on a real node
 	$(call say,running the demo (tests/demo.py))
 	@$(VENV_PYTHON) tests/demo.py
-	$(call say,building the Kubernetes control plane from Go modules (first run only; about 15 minutes on 2 cores; later runs use the cache))
-	@tests/k8s/controlplane.sh build
-	$(call say,running the Kubernetes demo (tests/demo_k8s.py))
+	$(call say,running the Kubernetes demo on a real node (tests/demo_k8s.py))
 	@$(VENV_PYTHON) tests/demo_k8s.py
 
 clean: ## Remove build output and Python caches

@@ -78,10 +78,10 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
         time.sleep(interval)
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that was free a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
@@ -157,21 +157,31 @@ def _answers_http(url: str) -> bool:
         return response.status == 200
 
 
-@pytest.fixture(scope="session")
-def kinesalite(tmp_path_factory) -> Iterator[str]:
-    """Endpoint URL of an in-memory kinesalite on 127.0.0.1, for the whole session."""
-    workdir = tmp_path_factory.mktemp("kinesalite")
+def start_kinesalite(workdir: Path, host: str = "127.0.0.1") -> tuple[Peer, str]:
+    """Starts an in-memory kinesalite on a port the OS picks on ``host``; returns the peer
+    (stop it) and its endpoint URL once it answers ListStreams."""
     peer = Peer(
         "kinesalite",
-        ["node", str(PEERS_DIR / "kinesalite.js"), "0"],
+        ["node", str(PEERS_DIR / "kinesalite.js"), "0", host],
         log_path=workdir / "kinesalite.log",
         cwd=TESTS_DIR,
     )
     try:
         port = int(peer.read_line(PEER_START_TIMEOUT))
-        endpoint = f"http://127.0.0.1:{port}"
+        endpoint = f"http://{host}:{port}"
         wait_for(lambda: peer.check_running() or _answers_kinesis(endpoint),
                  PEER_START_TIMEOUT, "kinesalite to answer ListStreams")
+    except BaseException:
+        peer.stop()
+        raise
+    return peer, endpoint
+
+
+@pytest.fixture(scope="session")
+def kinesalite(tmp_path_factory) -> Iterator[str]:
+    """Endpoint URL of an in-memory kinesalite on 127.0.0.1, for the whole session."""
+    peer, endpoint = start_kinesalite(tmp_path_factory.mktemp("kinesalite"))
+    try:
         yield endpoint
     finally:
         peer.stop()
@@ -185,10 +195,10 @@ def moto_server_path() -> Path:
     return path
 
 
-def start_moto_server(workdir: Path) -> tuple[Peer, str]:
-    """Starts moto_server on a free 127.0.0.1 port with its call recorder writing into
+def start_moto_server(workdir: Path, host: str = "127.0.0.1") -> tuple[Peer, str]:
+    """Starts moto_server on a free port of ``host`` with its call recorder writing into
     ``workdir``; returns the peer (stop it) and its endpoint URL once it answers."""
-    port = free_port()
+    port = free_port(host)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": str(workdir),
@@ -198,12 +208,12 @@ def start_moto_server(workdir: Path) -> tuple[Peer, str]:
     }
     peer = Peer(
         "moto_server",
-        [str(moto_server_path()), "-H", "127.0.0.1", "-p", str(port)],
+        [str(moto_server_path()), "-H", host, "-p", str(port)],
         log_path=workdir / "moto.log",
         cwd=workdir,
         env=env,
     )
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"http://{host}:{port}"
     try:
         wait_for(lambda: peer.check_running() or _answers_http(f"{endpoint}/moto-api/data.json"),
                  PEER_START_TIMEOUT, "moto_server to answer /moto-api/data.json")

@@ -28,19 +28,26 @@ K8S_DIR = Path(__file__).resolve().parent
 CONTROLPLANE = K8S_DIR / "controlplane.sh"
 
 
-def _requested(config: pytest.Config) -> bool:
-    if os.environ.get("KEX_K8S_E2E") == "1":
-        return True
+REAL_NODE_DIR = K8S_DIR / "realnode"
+
+
+def _requested(config: pytest.Config, folder: Path) -> bool:
+    """``folder`` (or something in it) was named on the command line."""
     for arg in config.args:
         path = Path(str(arg).split("::", 1)[0]).resolve()
-        if path == K8S_DIR or K8S_DIR in path.parents:
+        if path == folder or folder in path.parents:
             return True
     return False
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    """Keep tests/k8s out of a plain ``pytest tests`` run (the build alone takes minutes)."""
-    if K8S_DIR in Path(collection_path).resolve().parents and not _requested(config):
+    """Keep tests/k8s out of a plain ``pytest tests`` run (the build alone takes minutes), and
+    the real-node suite (root, a kubelet) out of a ``pytest tests/k8s`` run: each is collected
+    only when named."""
+    path = Path(collection_path).resolve()
+    if REAL_NODE_DIR == path or REAL_NODE_DIR in path.parents:
+        return True if not _requested(config, REAL_NODE_DIR) else None
+    if K8S_DIR in path.parents and not (os.environ.get("KEX_K8S_E2E") == "1" or _requested(config, K8S_DIR)):
         return True
     return None
 

@@ -24,10 +24,13 @@ KEX_GO_PARALLELISM="${KEX_GO_PARALLELISM:-$([ "${CI:-}" = true ] && nproc || ech
 K8S_VERSION="${KEX_K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${KEX_ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KEX_KWOK_VERSION:-v0.8.0}"
+CONTAINERD_VERSION="${KEX_CONTAINERD_VERSION:-v2.4.2}"
 CACHE="${KEX_K8S_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/kinesis-exporter/k8s}"
 
 K8S_BINS=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 ALL_BINS=(etcd kwok "${K8S_BINS[@]}")
+# The real node (node.sh): kubelet and kube-proxy from the same Kubernetes version, containerd.
+NODE_BINS=(kubelet kube-proxy containerd ctr containerd-shim-runc-v2)
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'controlplane: error: %s\n' "$*" >&2; exit 1; }
@@ -44,7 +47,8 @@ version_of() {
   case "$1" in
     etcd) echo "$ETCD_VERSION" ;;
     kwok) echo "$KWOK_VERSION" ;;
-    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl) echo "$K8S_VERSION" ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet|kube-proxy) echo "$K8S_VERSION" ;;
+    containerd|ctr|containerd-shim-runc-v2) echo "$CONTAINERD_VERSION" ;;
     *) die "unknown component: $1" ;;
   esac
 }
@@ -138,6 +142,13 @@ build_one() {
       (cd "$tmp" && GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS="-p=${KEX_GO_PARALLELISM} -buildvcs=false" nice -n 19 \
          go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION") && ok=1
       ;;
+    containerd|ctr|containerd-shim-runc-v2)
+      # Static, no cgo: the same tags containerd's own static release build uses.
+      (cd "$tmp" && GOBIN="$tmp" CGO_ENABLED=0 GOFLAGS="-p=${KEX_GO_PARALLELISM} -buildvcs=false" nice -n 19 \
+         go install -trimpath -tags "no_btrfs osusergo netgo static_build" \
+           -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION" \
+           "github.com/containerd/containerd/v2/cmd/$name@$CONTAINERD_VERSION") && ok=1
+      ;;
     *)
       wrap="$(k8s_wrapper)"
       (cd "$wrap" && gobuild build -trimpath -ldflags "$(k8s_ldflags)" -o "$tmp/$name" \
@@ -151,11 +162,13 @@ build_one() {
   say "built $name $ver in $(( $(date +%s) - start ))s -> $out"
 }
 
+# build [--node]: the control plane; with --node also the real node's binaries (node.sh).
 cmd_build() {
-  local start=$(date +%s) b
-  for b in "${ALL_BINS[@]}"; do build_one "$b"; done
+  local start=$(date +%s) b bins=("${ALL_BINS[@]}")
+  [ "${1:-}" = --node ] && bins+=("${NODE_BINS[@]}")
+  for b in "${bins[@]}"; do build_one "$b"; done
   kwok_stages_file >/dev/null
-  say "control plane binaries ready in $(( $(date +%s) - start ))s (cache: $CACHE)"
+  say "Kubernetes binaries ready in $(( $(date +%s) - start ))s (cache: $CACHE)"
 }
 
 cmd_bin() {
@@ -246,6 +259,8 @@ EXT
     sign controller-manager "/CN=system:kube-controller-manager" client.ext
     sign scheduler "/CN=system:kube-scheduler" client.ext
     sign kwok "/O=system:masters/CN=kwok" client.ext
+    # The apiserver's client identity towards kubelets (kubectl logs/exec on the real node).
+    sign apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" client.ext
     # front-proxy CA + client: the apiserver's request-header authentication, which the
     # aggregation layer (and the controllers' delegated authentication) expect.
     openssl req -x509 -newkey rsa:2048 -nodes -keyout front-proxy-ca.key -out front-proxy-ca.crt \
@@ -382,6 +397,9 @@ cmd_up() {
     --requestheader-extra-headers-prefix X-Remote-Extra- \
     --proxy-client-cert-file "$P/front-proxy-client.crt" --proxy-client-key-file "$P/front-proxy-client.key" \
     --allow-privileged=true \
+    --kubelet-client-certificate "$P/apiserver-kubelet-client.crt" \
+    --kubelet-preferred-address-types InternalIP,Hostname \
+    --kubelet-client-key "$P/apiserver-kubelet-client.key" \
     --service-cluster-ip-range 10.96.0.0/16 \
     --profiling=false --v=1
   wait_until 180 "kube-apiserver /readyz" "$KUBECTL" --kubeconfig "$dir/kubeconfig" get --raw /readyz \
@@ -455,6 +473,7 @@ KUBECTL=$KUBECTL
 KEX_K8S_APISERVER=$server
 KEX_K8S_TOKEN_FILE=$dir/admin.token
 KEX_K8S_CA_FILE=$P/ca.crt
+KEX_K8S_APISERVER_PORT=$p_kas
 ENV
   trap - EXIT
   say "control plane up in $(( $(date +%s) - t0 ))s (state: $dir, logs: $dir/logs/)"
@@ -520,4 +539,5 @@ main() {
     *) echo "usage: $0 {build|up DIR|down DIR|bin NAME}" >&2; exit 2 ;;
   esac
 }
-main "$@"
+# node.sh sources this file for its helpers (build_one, start, stop_group, sign, kubeconfig...).
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then main "$@"; fi

@@ -1,4 +1,5 @@
-"""Helpers for the Kubernetes end-to-end tests (the cluster handle and a polling helper).
+"""Helpers for the Kubernetes end-to-end tests: the cluster handle, a polling helper, and
+KinesisExporter manifests and readiness.
 
 Test files import these with ``from .k8s_helpers import ...`` (tests/k8s is a package so
 that its conftest.py does not shadow tests/conftest.py, whose helpers the main suite imports
@@ -12,6 +13,19 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Callable, NamedTuple
+
+
+REPO_DIR = Path(__file__).resolve().parents[2]
+CHART_DIR = REPO_DIR / "charts" / "kinesis-operator"
+RELEASE = "kex"
+OPERATOR_NAMESPACE = "kex-system"
+RESTRICTED_LABELS = {
+    "pod-security.kubernetes.io/enforce": "restricted",
+    "pod-security.kubernetes.io/enforce-version": "latest",
+}
+GROUP_VERSION = "kinesis.otlp.dev/v1alpha1"
+ROLE = "arn:aws:iam::123456789012:role/kex-e2e-writer"
+FIELD_MANAGER = "kex-e2e"
 
 
 class Cluster(NamedTuple):
@@ -49,3 +63,67 @@ def poll(what: str, fn: Callable[[], object], timeout: float = 90, interval: flo
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
         time.sleep(interval)
+
+
+def make_namespace(cluster: Cluster, name: str, restricted: bool = True) -> str:
+    """Create namespace ``name`` (enforcing the restricted Pod Security Standard unless told
+    otherwise) and wait for its default ServiceAccount, which pods need to be admitted."""
+    ns = {"apiVersion": "v1", "kind": "Namespace",
+          "metadata": {"name": name, "labels": RESTRICTED_LABELS if restricted else {}}}
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(ns))
+    poll(f"ServiceAccount default in {name}",
+         lambda: cluster.kubectl("-n", name, "get", "serviceaccount", "default", check=False).returncode == 0,
+         timeout=60)
+    return name
+
+
+def helm(helm_bin: str, cluster: Cluster, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run helm against ``cluster``; raise with its output if it fails."""
+    proc = subprocess.run([helm_bin, "--kubeconfig", str(cluster.kubeconfig), *args],
+                          capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
+    return proc
+
+
+# --------------------------------------------------------------------------- KinesisExporters
+
+
+def kex_manifest(ns: str, name: str, stream: str, **spec) -> dict:
+    aws = {"streamName": stream, "region": "eu-west-1", "role": ROLE, **spec.pop("aws", {})}
+    return {"apiVersion": GROUP_VERSION, "kind": "KinesisExporter",
+            "metadata": {"name": name, "namespace": ns}, "spec": {"aws": aws, **spec}}
+
+
+def apply(cluster: Cluster, manifest: dict, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Server-side apply with one field manager, so re-applying the same manifest is a no-op."""
+    return cluster.kubectl("apply", "--server-side", f"--field-manager={FIELD_MANAGER}", "-f", "-",
+                           input=json.dumps(manifest), check=check)
+
+
+def get_kex(cluster: Cluster, ns: str, name: str) -> dict:
+    return cluster.get_json("-n", ns, "kinesisexporter", name)
+
+
+def conditions(kex: dict) -> dict[str, dict]:
+    return {c["type"]: c for c in kex.get("status", {}).get("conditions", [])}
+
+
+def is_ready(kex: dict, generation: int | None = None) -> bool:
+    """Ready=True, Progressing=False, Degraded=False, for the resource's current generation."""
+    gen = kex["metadata"]["generation"]
+    status = kex.get("status") or {}
+    conds = conditions(kex)
+    return (status.get("observedGeneration") == gen
+            and (generation is None or gen == generation)
+            and conds.get("Ready", {}).get("status") == "True"
+            and conds.get("Progressing", {}).get("status") == "False"
+            and conds.get("Degraded", {}).get("status") == "False"
+            and all(c.get("observedGeneration") == gen for c in conds.values()))
+
+
+def wait_ready(cluster: Cluster, ns: str, name: str, generation: int | None = None,
+               timeout: float = 90) -> dict:
+    return poll(f"KinesisExporter {ns}/{name} Ready (generation {generation or 'current'})",
+                lambda: (lambda k: k if is_ready(k, generation) else None)(get_kex(cluster, ns, name)),
+                timeout=timeout)

@@ -35,19 +35,11 @@ import yaml
 from conftest import exporter_bin, free_port, kinesalite, moto  # noqa: F401
 from otlp_helpers import ManagedProcess
 
-from .k8s_helpers import Cluster, poll
+from .k8s_helpers import CHART_DIR, OPERATOR_NAMESPACE, RELEASE, REPO_DIR, Cluster, helm, poll
+from .k8s_helpers import make_namespace as create_namespace
 
 K8S_DIR = Path(__file__).resolve().parent
-REPO_DIR = K8S_DIR.parents[1]
-CHART_DIR = REPO_DIR / "charts" / "kinesis-operator"
-
-RELEASE = "kex"
-OPERATOR_NAMESPACE = "kex-system"
 EXPORTER_IMAGE = "kinesis-exporter:test"
-RESTRICTED_LABELS = {
-    "pod-security.kubernetes.io/enforce": "restricted",
-    "pod-security.kubernetes.io/enforce-version": "latest",
-}
 
 
 # --------------------------------------------------------------------------- helm + chart
@@ -70,14 +62,6 @@ class ChartRelease(NamedTuple):
     cluster_role: str
     manifest: list  # the rendered objects helm installed
     install_seconds: float
-
-
-def helm(helm_bin: str, cluster: Cluster, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run([helm_bin, "--kubeconfig", str(cluster.kubeconfig), *args],
-                          capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}{proc.stdout}")
-    return proc
 
 
 @pytest.fixture(scope="session")
@@ -274,12 +258,6 @@ def make_namespace(k8s_cluster: Cluster):
     restricted Pod Security Standard) and waits for its default ServiceAccount."""
 
     def make(name: str, restricted: bool = True) -> str:
-        ns = {"apiVersion": "v1", "kind": "Namespace",
-              "metadata": {"name": name, "labels": RESTRICTED_LABELS if restricted else {}}}
-        k8s_cluster.kubectl("apply", "-f", "-", input=json.dumps(ns))
-        poll(f"ServiceAccount default in {name}",
-             lambda: k8s_cluster.kubectl("-n", name, "get", "serviceaccount", "default",
-                                         check=False).returncode == 0, timeout=60)
-        return name
+        return create_namespace(k8s_cluster, name, restricted)
 
     return make

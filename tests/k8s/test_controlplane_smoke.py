@@ -15,12 +15,7 @@ import urllib.request
 
 import pytest
 
-from .k8s_helpers import Cluster, poll
-
-RESTRICTED_LABELS = {
-    "pod-security.kubernetes.io/enforce": "restricted",
-    "pod-security.kubernetes.io/enforce-version": "latest",
-}
+from .k8s_helpers import Cluster, make_namespace, poll
 
 RESTRICTED_CONTAINER = {
     "name": "app",
@@ -38,15 +33,7 @@ RESTRICTED_CONTAINER = {
 
 @pytest.fixture(scope="module")
 def restricted_ns(k8s_cluster: Cluster) -> str:
-    name = "kex-smoke-restricted"
-    ns = {"apiVersion": "v1", "kind": "Namespace",
-          "metadata": {"name": name, "labels": RESTRICTED_LABELS}}
-    k8s_cluster.kubectl("apply", "-f", "-", input=json.dumps(ns))
-    # The serviceaccount controller creates "default"; pods need it to be admitted.
-    poll(f"ServiceAccount default in {name}",
-         lambda: k8s_cluster.kubectl("-n", name, "get", "serviceaccount", "default",
-                                     check=False).returncode == 0, timeout=60)
-    return name
+    return make_namespace(k8s_cluster, "kex-smoke-restricted")
 
 
 def test_nodes_are_kwok_and_ready(k8s_cluster: Cluster) -> None:

@@ -23,7 +23,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .k8s_helpers import Cluster, poll
+from .k8s_helpers import (
+    GROUP_VERSION,
+    ROLE,
+    Cluster,
+    apply,
+    conditions,
+    get_kex,
+    is_ready,
+    kex_manifest,
+    poll,
+    wait_ready,
+)
 from .operator_fixtures import (  # noqa: F401  (fixtures are used by name)
     EXPORTER_IMAGE,
     ChartRelease,
@@ -40,9 +51,6 @@ from .operator_fixtures import (  # noqa: F401  (fixtures are used by name)
 
 pytestmark = pytest.mark.usefixtures("operator_log_on_failure")
 
-GROUP_VERSION = "kinesis.otlp.dev/v1alpha1"
-ROLE = "arn:aws:iam::123456789012:role/kex-e2e-writer"
-FIELD_MANAGER = "kex-e2e"
 # (kubectl resource, kind) of every child the operator makes.
 CHILDREN = [
     ("serviceaccount", "ServiceAccount"),
@@ -58,46 +66,6 @@ NS_A = "kex-e2e-a"
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def kex_manifest(ns: str, name: str, stream: str, **spec) -> dict:
-    aws = {"streamName": stream, "region": "eu-west-1", "role": ROLE, **spec.pop("aws", {})}
-    return {"apiVersion": GROUP_VERSION, "kind": "KinesisExporter",
-            "metadata": {"name": name, "namespace": ns}, "spec": {"aws": aws, **spec}}
-
-
-def apply(cluster: Cluster, manifest: dict, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Server-side apply with one field manager, so re-applying the same manifest is a no-op."""
-    return cluster.kubectl("apply", "--server-side", f"--field-manager={FIELD_MANAGER}", "-f", "-",
-                           input=json.dumps(manifest), check=check)
-
-
-def get_kex(cluster: Cluster, ns: str, name: str) -> dict:
-    return cluster.get_json("-n", ns, "kinesisexporter", name)
-
-
-def conditions(kex: dict) -> dict[str, dict]:
-    return {c["type"]: c for c in kex.get("status", {}).get("conditions", [])}
-
-
-def is_ready(kex: dict, generation: int | None = None) -> bool:
-    """Ready=True, Progressing=False, Degraded=False, for the resource's current generation."""
-    gen = kex["metadata"]["generation"]
-    status = kex.get("status") or {}
-    conds = conditions(kex)
-    return (status.get("observedGeneration") == gen
-            and (generation is None or gen == generation)
-            and conds.get("Ready", {}).get("status") == "True"
-            and conds.get("Progressing", {}).get("status") == "False"
-            and conds.get("Degraded", {}).get("status") == "False"
-            and all(c.get("observedGeneration") == gen for c in conds.values()))
-
-
-def wait_ready(cluster: Cluster, ns: str, name: str, generation: int | None = None,
-               timeout: float = 90) -> dict:
-    return poll(f"KinesisExporter {ns}/{name} Ready (generation {generation or 'current'})",
-                lambda: (lambda k: k if is_ready(k, generation) else None)(get_kex(cluster, ns, name)),
-                timeout=timeout)
 
 
 def children(cluster: Cluster, ns: str, name: str) -> dict[str, dict]:

@@ -1,0 +1,220 @@
+"""The product on a real node: the operator and its exporters as real pods (images built here,
+kubelet + containerd + runc), real probes, a real projected token traded at moto's STS, OTLP
+through a ClusterIP Service (kube-proxy) into kinesalite, and rollouts under load that must
+lose no acknowledged span.
+
+The tests run in file order and share one node; the last one kills the node's daemons with
+SIGKILL and checks that `node.sh down` still leaves the machine clean.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import uuid
+from collections import Counter
+from pathlib import Path
+
+
+from conftest import create_stream, start_recording, stop_recording, sts_calls
+from otlp_helpers import read_signal, send_traces, spans_of
+
+from ..k8s_helpers import ROLE, Cluster, get_kex, make_namespace, poll, wait_ready
+from .conftest import BridgePeers
+from .load import HEADER, SpanLoad
+from .platform import (
+    EXPORTER_IMAGE,
+    NODE_SH,
+    OPERATOR_IMAGE,
+    RealNode,
+    deploy_exporter,
+    exporter_selector,
+    pods,
+    wait_pods_ready,
+)
+
+RESULTS = Path(os.environ.get("KEX_ROLLOUT_RESULTS", "/tmp/kex-rollout-results.md"))
+
+
+def jwt_claims(token: str) -> dict:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+# --------------------------------------------------------------------------- the node and the operator
+
+
+def test_the_node_is_real_and_runs_containerd(k8s_cluster: Cluster, real_node: RealNode) -> None:
+    node = k8s_cluster.get_json("node", real_node.name)
+    info = node["status"]["nodeInfo"]
+    assert info["containerRuntimeVersion"].startswith("containerd://"), info
+    server = json.loads(k8s_cluster.kubectl("get", "--raw", "/version").stdout)["gitVersion"]
+    assert info["kubeletVersion"] == server, (info, server)
+    addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
+    assert addresses["InternalIP"] == real_node.ip
+    assert {"key": real_node.taint_key, "value": "true", "effect": "NoSchedule"} in node["spec"]["taints"]
+    # The Node authorizer: the node's own identity may not read secrets at large.
+    can = k8s_cluster.kubectl("auth", "can-i", "list", "secrets", "--all-namespaces",
+                              f"--as=system:node:{real_node.name}", "--as-group=system:nodes", check=False)
+    assert can.returncode != 0 and can.stdout.startswith("no"), can.stdout + can.stderr
+    print(k8s_cluster.kubectl("get", "nodes", "-o", "wide").stdout)
+
+
+def test_the_chart_runs_the_operator_as_two_real_pods_with_one_leader(
+        k8s_cluster: Cluster, real_node: RealNode, operator_release: str) -> None:
+    ns = operator_release
+    operator_pods = wait_pods_ready(k8s_cluster, ns, "app.kubernetes.io/name=kinesis-operator", 2)
+    names = {p["metadata"]["name"] for p in operator_pods}
+    for pod in operator_pods:
+        assert pod["spec"]["nodeName"] == real_node.name
+        status = pod["status"]["containerStatuses"][0]
+        assert status["imageID"], status  # a real container from the imported image
+        assert status["image"].endswith(OPERATOR_IMAGE), status
+    holder = poll("the operator Lease to have a holder",
+                  lambda: k8s_cluster.get_json("-n", ns, "lease", "kinesis-operator")
+                  .get("spec", {}).get("holderIdentity"), timeout=60)
+    assert holder in names, f"lease held by {holder}, operator pods {names}"
+    # kubectl logs and exec go through the apiserver to the kubelet (client certificates both ways).
+    logs = k8s_cluster.kubectl("-n", ns, "logs", holder).stdout
+    assert "reconciling KinesisExporter resources" in logs, logs[-2000:]
+    version = k8s_cluster.kubectl("-n", ns, "exec", holder, "--", "/usr/local/bin/kinesis-operator",
+                                  "--version").stdout
+    assert version.startswith("kinesis-operator "), version
+
+
+# --------------------------------------------------------------------------- exporters on real pods
+
+
+def test_exporter_pods_become_ready_and_carry_otlp_through_the_service(
+        k8s_cluster: Cluster, real_node: RealNode, operator_release: str,
+        bridge_peers: BridgePeers) -> None:
+    ns = make_namespace(k8s_cluster, "kex-real-irsa")
+    name = "traces"
+    stream = f"kex-real-{uuid.uuid4().hex[:8]}"
+    create_stream(bridge_peers.kinesis, stream, 2)
+    start_recording(bridge_peers.sts)
+    try:
+        service = deploy_exporter(k8s_cluster, real_node, bridge_peers.kinesis, bridge_peers.sts, ns, name, stream, replicas=2)
+        exporter_pods = wait_pods_ready(k8s_cluster, ns, exporter_selector(name), 2)
+        for pod in exporter_pods:
+            assert pod["spec"]["nodeName"] == real_node.name
+            status = pod["status"]["containerStatuses"][0]
+            assert status["ready"] and status["restartCount"] == 0, status
+            assert status["image"].endswith(EXPORTER_IMAGE), status
+        print(k8s_cluster.kubectl("-n", ns, "get", "pods", "-o", "wide").stdout)
+        print(k8s_cluster.kubectl("-n", ns, "get", "kex").stdout)
+
+        sent = send_traces("grpc", service, {"checkout": [["GET /cart", "SELECT cart", "render"]]})
+        sent += send_traces("http", service, {"payments": [["charge", "POST /psp"], ["refund"]]})
+
+        def arrived():
+            spans = spans_of(read_signal(bridge_peers.kinesis, stream, "traces"))
+            return spans if len(spans) >= len(sent) else None
+        spans = poll("the spans in kinesalite", arrived, timeout=60, interval=1)
+    finally:
+        calls = stop_recording(bridge_peers.sts)
+    assert sorted((s.trace_id, s.span_id, s.name, s.service) for s in spans) == \
+        sorted((s.trace_id, s.span_id, s.name, s.service) for s in sent)
+
+    # Each pod traded its own projected token (audience sts.amazonaws.com) for the role.
+    web = sts_calls(calls, "AssumeRoleWithWebIdentity")
+    assert web, "no AssumeRoleWithWebIdentity call reached moto"
+    pod_names = {p["metadata"]["name"] for p in exporter_pods}
+    for call in web:
+        assert call.params["RoleArn"] == ROLE
+        claims = jwt_claims(call.params["WebIdentityToken"])
+        assert claims["aud"] == ["sts.amazonaws.com"], claims
+        assert claims["sub"] == f"system:serviceaccount:{ns}:{name}", claims
+        assert claims["kubernetes.io"]["pod"]["name"] in pod_names, claims
+
+
+# --------------------------------------------------------------------------- rollouts under load
+
+
+def stored_span_names(peers: BridgePeers, stream: str) -> Counter:
+    return Counter(s.name for s in spans_of(read_signal(peers.kinesis, stream, "traces")))
+
+
+def test_rollouts_under_load_lose_no_acknowledged_span(
+        k8s_cluster: Cluster, real_node: RealNode, operator_release: str,
+        bridge_peers: BridgePeers) -> None:
+    ns = make_namespace(k8s_cluster, "kex-real-rollout")
+    name = "rollout"
+    stream = f"kex-rollout-{uuid.uuid4().hex[:8]}"
+    create_stream(bridge_peers.kinesis, stream, 4)
+    service = deploy_exporter(k8s_cluster, real_node, bridge_peers.kinesis, bridge_peers.sts, ns, name, stream, replicas=2)
+    selector = exporter_selector(name)
+    wait_pods_ready(k8s_cluster, ns, selector, 2)
+    assert k8s_cluster.get_json("-n", ns, "pdb", name)["spec"]["maxUnavailable"] == 1
+
+    def kpl_change():
+        generation = get_kex(k8s_cluster, ns, name)["metadata"]["generation"]
+        old = {p["metadata"]["name"] for p in pods(k8s_cluster, ns, selector)}
+        k8s_cluster.kubectl("-n", ns, "patch", "kinesisexporter", name, "--type=merge",
+                            "-p", json.dumps({"spec": {"kpl": {"maxConnections": 8}}}))
+        wait_ready(k8s_cluster, ns, name, generation=generation + 1, timeout=240)
+        new = wait_pods_ready(k8s_cluster, ns, selector, 2, timeout=240)
+        assert not old & {p["metadata"]["name"] for p in new}, "the kpl change did not replace every pod"
+
+    def delete_pod():
+        victim = pods(k8s_cluster, ns, selector)[0]["metadata"]["name"]
+        k8s_cluster.kubectl("-n", ns, "delete", "pod", victim, "--wait=true", timeout=120)
+        survivors = wait_pods_ready(k8s_cluster, ns, selector, 2, timeout=180)
+        assert victim not in {p["metadata"]["name"] for p in survivors}
+
+    def drain():
+        # One real node: the first eviction goes through, its replacement cannot be scheduled
+        # (the node is cordoned), and the PDB then refuses the second: one replica keeps serving.
+        before = {p["metadata"]["name"] for p in pods(k8s_cluster, ns, selector)}
+        out = k8s_cluster.kubectl("drain", real_node.name, "--pod-selector", selector,
+                                  "--ignore-daemonsets", "--timeout=40s", check=False, timeout=120)
+        text = out.stdout + out.stderr
+        assert out.returncode != 0 and "disruption budget" in text, text
+        running = [p for p in pods(k8s_cluster, ns, selector)
+                   if p["metadata"]["name"] in before and not p["metadata"].get("deletionTimestamp")]
+        assert len(running) == 1, "the PDB should have kept exactly one of the old pods"
+        k8s_cluster.kubectl("uncordon", real_node.name)
+        wait_pods_ready(k8s_cluster, ns, selector, 2, timeout=180)
+
+    reports = []
+    for scenario, disrupt in [("kpl-change", kpl_change), ("delete-pod", delete_pod), ("drain", drain)]:
+        load = SpanLoad(service.grpc_target, scenario).start()
+        try:
+            load.wait_acknowledged(500)
+            disrupt()
+            # Keep the load on the new pods for a moment, then stop and let the last flush land.
+            load.wait_acknowledged(len(load.acknowledged) + 500)
+        finally:
+            load.stop()
+        acked = set(load.acknowledged)
+        poll(f"{scenario}: every acknowledged span on the stream",
+             lambda: acked <= set(stored_span_names(bridge_peers, stream)), timeout=30, interval=1) \
+            if acked else None
+        reports.append((scenario, load.report(stored_span_names(bridge_peers, stream))))
+
+    table = "\n".join([HEADER, *(report.row(scenario) for scenario, report in reports)])
+    RESULTS.write_text(table + "\n")
+    print("\n" + table)
+    for scenario, report in reports:
+        assert report.acknowledged > 1000, (scenario, report)
+        assert report.lost == 0, f"{scenario}: {report.lost} acknowledged spans lost\n{table}"
+
+
+# --------------------------------------------------------------------------- teardown
+
+
+def test_down_leaves_the_machine_clean_after_kill_9(k8s_cluster: Cluster, real_node: RealNode) -> None:
+    """Kill every node daemon with SIGKILL (containers keep running under their shims), then
+    `node.sh down` must still remove every process, mount, rule, route and the bridge."""
+    node_dir = Path("/var/lib/kex-node")
+    for daemon in ["kubelet", "kube-proxy", "containerd"]:
+        pid = int((node_dir / "pids" / f"{daemon}.pid").read_text())
+        os.kill(pid, 9)
+    shims = subprocess.run(["pgrep", "-f", "containerd-shim-runc-v2"], capture_output=True, text=True).stdout
+    assert shims.strip(), "expected container shims to outlive containerd"
+    down = subprocess.run([str(NODE_SH), "down"], capture_output=True, text=True, timeout=300)
+    assert down.returncode == 0, down.stdout + down.stderr
+    check = subprocess.run([str(NODE_SH), "check-clean"], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
