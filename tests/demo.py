@@ -30,20 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from conftest import (  # noqa: E402 - needs the sys.path entry above
     KINESALITE_ENV,
-    PEER_START_TIMEOUT,
-    PEERS_DIR,
     REGION,
     REPO_DIR,
-    TESTS_DIR,
     Peer,
-    _answers_kinesis,
     create_stream,
     deaggregate_python,
     partition_key_hash,
     read_all_records,
     run_put,
     shard_ranges,
-    wait_for,
+    start_kinesalite as start_test_kinesalite,
     write_config,
 )
 
@@ -66,13 +62,9 @@ def make_records(seed: int = 2024) -> list[dict]:
 
 
 def start_kinesalite(workdir: Path) -> tuple[Peer, str]:
-    peer = Peer("kinesalite", ["node", str(PEERS_DIR / "kinesalite.js"), "0"],
-                log_path=workdir / "kinesalite.log", cwd=TESTS_DIR)
+    """kinesalite on 127.0.0.1 (the test fixture's starter), stopped at exit."""
+    peer, endpoint = start_test_kinesalite(workdir)
     atexit.register(peer.stop)
-    port = int(peer.read_line(PEER_START_TIMEOUT))
-    endpoint = f"http://127.0.0.1:{port}"
-    wait_for(lambda: peer.check_running() or _answers_kinesis(endpoint),
-             PEER_START_TIMEOUT, "kinesalite to answer ListStreams")
     return peer, endpoint
 
 
