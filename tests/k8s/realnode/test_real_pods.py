@@ -77,8 +77,9 @@ def test_the_chart_runs_the_operator_as_two_real_pods_with_one_leader(
                   .get("spec", {}).get("holderIdentity"), timeout=60)
     assert holder in names, f"lease held by {holder}, operator pods {names}"
     # kubectl logs and exec go through the apiserver to the kubelet (client certificates both ways).
-    logs = k8s_cluster.kubectl("-n", ns, "logs", holder).stdout
-    assert "reconciling KinesisExporter resources" in logs, logs[-2000:]
+    poll(f"the leader {holder} to log that it reconciles",
+         lambda: "reconciling KinesisExporter resources" in k8s_cluster.kubectl("-n", ns, "logs", holder).stdout,
+         timeout=30)
     version = k8s_cluster.kubectl("-n", ns, "exec", holder, "--", "/usr/local/bin/kinesis-operator",
                                   "--version").stdout
     assert version.startswith("kinesis-operator "), version
