@@ -41,7 +41,7 @@ endif
 
 say = @printf '==> %s\n' "$(1)"
 
-.PHONY: crds help deps build lint chart-lint toolchain test-rust test-e2e test-k8s images node test-node test bench demo clean distclean
+.PHONY: crds readme help deps build lint chart-lint toolchain test-rust test-e2e test-k8s images node test-node test bench demo clean distclean
 
 help: ## List the targets
 	@echo "kinesis-exporter targets:"
@@ -122,6 +122,10 @@ crds: ## Regenerate crds/kinesisexporters.yaml (and the chart's copy) with crdge
 	$(call say,cargo run -p kinesis-operator --bin crdgen)
 	@$(CARGO) run -q --locked -p kinesis-operator --bin crdgen > crds/kinesisexporters.yaml
 	@cp crds/kinesisexporters.yaml charts/kinesis-operator/crds/kinesisexporters.yaml
+
+readme: ## Regenerate README.md's configuration tables from the settings table
+	$(call say,cargo test -p kinesis-exporter-config (KEX_UPDATE_README=1))
+	@KEX_UPDATE_README=1 $(CARGO) test -q --locked -p kinesis-exporter-config --lib the_readme_tables
 
 # helm is built from the Go module proxy once and cached outside the work tree (tests/k8s/tools.sh).
 chart-lint: deps ## Helm chart: CRD copy, helm lint --strict, schema, kubernetes-validate --strict

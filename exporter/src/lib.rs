@@ -5,7 +5,8 @@
 //! ([`aws`]).
 
 pub mod aws;
-pub mod config;
+/// The configuration lives in its own I/O-free crate, which the operator shares.
+pub use kinesis_exporter_config as config;
 pub mod encoding;
 pub mod ingress;
 pub mod kpl;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kinesis_exporter_config::settings::{self, Kind};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -125,46 +126,70 @@ pub struct AwsSpec {
     pub role: Option<String>,
 }
 
-/// The producer's settings, named as the seed's `kpl` keys in camelCase.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+/// The producer's settings, named as the seed's `kpl` keys in camelCase. Each field's
+/// description, minimum and maximum come from the exporter's settings table
+/// ([`kinesis_exporter_config::settings`]), so the API server accepts exactly the ranges the
+/// exporter does.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
+#[schemars(transform = kpl_schema)]
 pub struct KplSpec {
-    /// Most user records per aggregated record (1..4294967295). Default 4294967295.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 4294967295").message("aggregateBatchCount must be between 1 and 4294967295"))]
     pub aggregate_batch_count: Option<i64>,
-    /// Most bytes per aggregated record (1..1048576); bigger user records go raw. Default 51200.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 1048576").message("aggregateBatchSize must be between 1 and 1048576"))]
     pub aggregate_batch_size: Option<i64>,
-    /// Most bytes per PutRecords request (1..5242880). Default 5242880.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 5242880").message("batchSize must be between 1 and 5242880"))]
     pub batch_size: Option<i64>,
-    /// Most records per PutRecords request (1..1000; requests are split at 500). Default 1000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 1000").message("batchCount must be between 1 and 1000"))]
     pub batch_count: Option<i64>,
-    /// User records buffered before senders wait (1..10000000). Default 2000.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 10000000").message("backlogCount must be between 1 and 10000000"))]
     pub backlog_count: Option<i64>,
-    /// Seconds between flushes of partial batches (1..3600). Default 5.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 3600").message("flushIntervalSeconds must be between 1 and 3600"))]
     pub flush_interval_seconds: Option<i64>,
-    /// Concurrent PutRecords requests (1..256). Default 24.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 256").message("maxConnections must be between 1 and 256"))]
     pub max_connections: Option<i64>,
-    /// Retries before a record is dropped (0..100). Default 10.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 0 && self <= 100").message("maxRetries must be between 0 and 100"))]
     pub max_retries: Option<i64>,
-    /// Cap of the retry backoff in seconds (1..3600). Default 60.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self >= 1 && self <= 3600").message("maxBackoffSeconds must be between 1 and 3600"))]
     pub max_backoff_seconds: Option<i64>,
+}
+
+/// Fills each `spec.kpl` property's description and bounds from its settings-table row.
+fn kpl_schema(schema: &mut schemars::Schema) {
+    let Some(properties) = schema
+        .get_mut("properties")
+        .and_then(serde_json::Value::as_object_mut)
+    else {
+        return;
+    };
+    for (name, property) in properties.iter_mut() {
+        let (Some(setting), Some(property)) = (
+            settings::by_crd_field(&format!("kpl.{name}")),
+            property.as_object_mut(),
+        ) else {
+            continue;
+        };
+        let Kind::Integer {
+            default,
+            min,
+            max,
+            unit,
+        } = setting.kind
+        else {
+            continue;
+        };
+        let unit = settings::unit_suffix(unit);
+        property.insert(
+            "description".into(),
+            format!(
+                "{} {min}..{max}{unit}, default {default} (exporter key {}).",
+                setting.description, setting.key
+            )
+            .into(),
+        );
+        property.insert("minimum".into(), min.into());
+        property.insert("maximum".into(), max.into());
+    }
 }
 
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]

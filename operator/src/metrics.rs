@@ -33,6 +33,24 @@ impl OperatorMetrics {
     }
 }
 
+/// The registry in OpenMetrics text, as a `/metrics` response.
+fn metrics_response(registry: &Registry) -> axum::response::Response {
+    use axum::http::{header, StatusCode};
+    use axum::response::IntoResponse;
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
 /// /metrics, /healthz and /readyz of the operator.
 pub fn router(registry: Arc<Registry>) -> axum::Router {
     use axum::routing::get;
@@ -41,7 +59,7 @@ pub fn router(registry: Arc<Registry>) -> axum::Router {
             "/metrics",
             get(move || {
                 let registry = registry.clone();
-                async move { kinesis_exporter::telemetry::metrics_response(&registry) }
+                async move { metrics_response(&registry) }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))

@@ -1,10 +1,16 @@
 //! The exporter's configuration: the seed's Collector-style YAML, its defaults and its limits.
 //!
-//! Loading is two steps: YAML text to a generic value, then a validating walk ([`validate`]) that
-//! fills defaults and collects *every* problem (key, value, rule) before anything starts.
+//! Every key's type, default, range and description is one row of [`settings::SETTINGS`]; the
+//! validator below, the operator's CRD and the README's tables are made from it. Loading is two
+//! steps: YAML text to a generic value, then a validating walk ([`validate`]) that fills
+//! defaults and collects *every* problem (key, value, rule) before anything starts. No I/O but
+//! reading the file, so the operator shares this crate without the exporter's network stack.
 
 mod service;
+pub mod settings;
 mod validate;
+
+use settings::Group;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -158,6 +164,17 @@ pub enum PartitionKey {
     Attribute(String),
 }
 
+impl PartitionKey {
+    /// `trace_id`, `random`, or else the name of a resource attribute.
+    pub fn from_name(name: &str) -> PartitionKey {
+        match name {
+            "trace_id" => PartitionKey::TraceId,
+            "random" => PartitionKey::Random,
+            _ => PartitionKey::Attribute(name.to_string()),
+        }
+    }
+}
+
 impl Serialize for PartitionKey {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(match self {
@@ -236,30 +253,62 @@ impl KplConfig {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_seconds)
     }
+
+    /// Every field with its key below `kpl.`: the one place that ties the struct to the
+    /// settings table (defaults and the validator walk this list).
+    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 10] {
+        [
+            ("aggregate_batch_count", &mut self.aggregate_batch_count),
+            ("aggregate_batch_size", &mut self.aggregate_batch_size),
+            ("batch_size", &mut self.batch_size),
+            ("batch_count", &mut self.batch_count),
+            ("backlog_count", &mut self.backlog_count),
+            ("flush_interval_seconds", &mut self.flush_interval_seconds),
+            ("max_connections", &mut self.max_connections),
+            ("max_retries", &mut self.max_retries),
+            ("max_backoff_seconds", &mut self.max_backoff_seconds),
+            ("request_timeout_seconds", &mut self.request_timeout_seconds),
+        ]
+    }
 }
 
 impl Default for KplConfig {
+    /// The defaults of the settings table.
     fn default() -> Self {
-        KplConfig {
-            aggregate_batch_count: 4_294_967_295,
-            aggregate_batch_size: 51_200,
-            batch_size: 5_242_880,
-            batch_count: 1000,
-            backlog_count: 2000,
-            flush_interval_seconds: 5,
-            max_connections: 24,
-            max_retries: 10,
-            max_backoff_seconds: 60,
-            request_timeout_seconds: 30,
+        let mut kpl = KplConfig {
+            aggregate_batch_count: 0,
+            aggregate_batch_size: 0,
+            batch_size: 0,
+            batch_count: 0,
+            backlog_count: 0,
+            flush_interval_seconds: 0,
+            max_connections: 0,
+            max_retries: 0,
+            max_backoff_seconds: 0,
+            request_timeout_seconds: 0,
+        };
+        for (name, field) in kpl.fields_mut() {
+            *field = settings::range(Group::Exporter, &format!("kpl.{name}")).0;
         }
+        kpl
+    }
+}
+
+/// The default of a text setting of the table.
+fn text_default(group: Group, key: &str) -> String {
+    match settings::setting(group, key).kind {
+        settings::Kind::Text {
+            default: Some(d), ..
+        } => d.to_string(),
+        _ => panic!("{key} has no text default in the settings table"),
     }
 }
 
 impl Default for AwsConfig {
     fn default() -> Self {
         AwsConfig {
-            stream_name: "test-stream".into(),
-            region: "us-west-2".into(),
+            stream_name: text_default(Group::Exporter, "aws.stream_name"),
+            region: text_default(Group::Exporter, "aws.region"),
             kinesis_endpoint: None,
             role: None,
         }
@@ -281,12 +330,20 @@ impl Default for Receivers {
             otlp: OtlpReceiver {
                 protocols: OtlpProtocols {
                     grpc: GrpcProtocol {
-                        endpoint: "0.0.0.0:4317".into(),
-                        max_recv_msg_size_mib: 4,
+                        endpoint: text_default(Group::Receiver, "grpc.endpoint"),
+                        max_recv_msg_size_mib: settings::range(
+                            Group::Receiver,
+                            "grpc.max_recv_msg_size_mib",
+                        )
+                        .0,
                     },
                     http: HttpProtocol {
-                        endpoint: "0.0.0.0:4318".into(),
-                        max_request_body_size: 20 * 1024 * 1024,
+                        endpoint: text_default(Group::Receiver, "http.endpoint"),
+                        max_request_body_size: settings::range(
+                            Group::Receiver,
+                            "http.max_request_body_size",
+                        )
+                        .0,
                     },
                 },
             },

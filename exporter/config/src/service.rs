@@ -32,8 +32,12 @@ pub(super) fn walk_service(
         errors,
     );
     let address = metrics
-        .string("address", check_listen_address, errors)
-        .unwrap_or_else(|| "0.0.0.0:8888".into());
+        .string(
+            "address",
+            check_listen_address(Group::Service, "telemetry.metrics.address"),
+            errors,
+        )
+        .unwrap_or_else(|| super::text_default(Group::Service, "telemetry.metrics.address"));
     metrics.finish(errors);
     telemetry.finish(errors);
     section.finish(errors);

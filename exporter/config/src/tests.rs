@@ -389,3 +389,147 @@ fn ingress_and_record_keys_have_limits() {
         4
     );
 }
+
+// --------------------------------------------------------------------------- the settings table
+
+const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+const BEGIN: &str = "<!-- settings:begin";
+const END: &str = "<!-- settings:end -->";
+
+/// The README's configuration tables are the table rendered; `KEX_UPDATE_README=1` (what
+/// `make readme` sets) rewrites them instead of failing.
+#[test]
+fn the_readme_tables_are_generated_from_the_settings_table() {
+    let text = std::fs::read_to_string(README).expect("README.md");
+    let begin = text
+        .find(BEGIN)
+        .expect("README has the settings:begin marker");
+    let body_start = begin + text[begin..].find('\n').expect("marker line ends") + 1;
+    let end = text.find(END).expect("README has the settings:end marker");
+    let want = settings::markdown_tables();
+    if text[body_start..end] == want {
+        return;
+    }
+    if std::env::var_os("KEX_UPDATE_README").is_some() {
+        let updated = format!("{}{}{}", &text[..body_start], want, &text[end..]);
+        std::fs::write(README, updated).expect("README.md written");
+        return;
+    }
+    panic!("README.md's configuration tables are stale: run `make readme`");
+}
+
+#[test]
+fn every_setting_is_in_the_table_once_and_the_structs_agree_with_it() {
+    let mut seen = std::collections::BTreeSet::new();
+    for s in settings::SETTINGS {
+        assert!(seen.insert(s.path()), "{} twice", s.path());
+        if let settings::Kind::Integer {
+            default, min, max, ..
+        } = s.kind
+        {
+            assert!(
+                min <= default && default <= max,
+                "{}: default outside the range",
+                s.path()
+            );
+        }
+    }
+    // The effective configuration of an empty exporter lists exactly the table's keys, with
+    // the table's defaults.
+    let config = Config::from_yaml("exporters:\n  kinesis: {}\n").unwrap();
+    let yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(&config.to_yaml()).unwrap();
+    let mut keys = Vec::new();
+    flatten(&yaml, "", &mut keys);
+    for (path, value) in &keys {
+        if path.starts_with("service.pipelines") {
+            continue; // routes, not settings
+        }
+        let setting = settings::SETTINGS
+            .iter()
+            .find(|s| s.path() == *path)
+            .unwrap_or_else(|| {
+                panic!("{path} is in the configuration but not in the settings table")
+            });
+        let default = match setting.kind {
+            settings::Kind::Integer { default, .. } => default.to_string(),
+            settings::Kind::OneOf { default, .. } => default.to_string(),
+            settings::Kind::Text { default, .. } => default.unwrap_or_default().to_string(),
+        };
+        assert_eq!(*value, default, "{path}");
+    }
+    for s in settings::SETTINGS {
+        let optional = matches!(s.kind, settings::Kind::Text { default: None, .. });
+        assert!(
+            optional || keys.iter().any(|(p, _)| *p == s.path()),
+            "{} is in the settings table but not in the configuration",
+            s.path()
+        );
+    }
+}
+
+fn flatten(value: &serde_yaml_ng::Value, path: &str, out: &mut Vec<(String, String)>) {
+    match value {
+        serde_yaml_ng::Value::Mapping(map) => {
+            for (k, v) in map {
+                let k = k.as_str().unwrap();
+                let here = if path.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{path}.{k}")
+                };
+                flatten(v, &here, out);
+            }
+        }
+        other => out.push((
+            path.to_string(),
+            serde_yaml_ng::to_string(other)
+                .unwrap()
+                .trim()
+                .trim_matches('\'')
+                .to_string(),
+        )),
+    }
+}
+
+/// Every integer setting accepts exactly its range: both ends in, one past either end out,
+/// with the table's rule in the error.
+#[test]
+fn every_integer_setting_accepts_exactly_its_range() {
+    for s in settings::SETTINGS {
+        let settings::Kind::Integer { min, max, .. } = s.kind else {
+            continue;
+        };
+        let load = |value: u64| {
+            let mut yaml = format!("{}: {value}", s.path().rsplit('.').next().unwrap());
+            for part in s.path().rsplit('.').skip(1) {
+                yaml = format!("{part}:\n  {}", yaml.replace('\n', "\n  "));
+            }
+            let yaml = if s.group == settings::Group::Exporter {
+                yaml
+            } else {
+                format!("exporters:\n  kinesis: {{}}\n{yaml}")
+            };
+            Config::from_yaml(&yaml)
+        };
+        for ok in [min, max] {
+            assert!(
+                load(ok).is_ok(),
+                "{} = {ok}: {:?}",
+                s.path(),
+                load(ok).err()
+            );
+        }
+        let mut bad = vec![max + 1];
+        if min > 0 {
+            bad.push(min - 1);
+        }
+        for value in bad {
+            let errors = load(value)
+                .expect_err(&format!("{} = {value} accepted", s.path()))
+                .0;
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert_eq!(errors[0].key, s.path());
+            assert_eq!(errors[0].rule, s.rule());
+        }
+    }
+}

@@ -101,6 +101,43 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// The integer setting `name` of this section, with the default, range and rule of
+    /// `setting` (a row of the settings table).
+    pub(super) fn integer_setting(
+        &mut self,
+        name: &str,
+        setting: &settings::Setting,
+        errors: &mut Vec<ConfigError>,
+    ) -> u64 {
+        let (default, min, max) = setting.range();
+        self.integer(name, default, min, max, &setting.rule(), errors)
+    }
+
+    /// One of the words a `OneOf` setting allows, or its default when absent or wrong.
+    pub(super) fn one_of(
+        &mut self,
+        name: &str,
+        setting: &settings::Setting,
+        errors: &mut Vec<ConfigError>,
+    ) -> String {
+        let settings::Kind::OneOf { default, values } = setting.kind else {
+            panic!("{} is not a one-of setting", setting.path());
+        };
+        let rule = setting.rule();
+        self.string(
+            name,
+            |s| {
+                if values.contains(&s) {
+                    Ok(s.to_string())
+                } else {
+                    Err(rule.clone())
+                }
+            },
+            errors,
+        )
+        .unwrap_or_else(|| default.to_string())
+    }
+
     /// A string that passes `check` (which returns the rule broken), or `None` when absent.
     pub(super) fn string(
         &mut self,
@@ -198,15 +235,16 @@ fn walk_receivers(value: Option<&Value>, errors: &mut Vec<ConfigError>) -> Recei
             protocols.take("grpc"),
             errors,
         );
-        if let Some(endpoint) = protocol.string("endpoint", check_listen_address, errors) {
+        if let Some(endpoint) = protocol.string(
+            "endpoint",
+            check_listen_address(Group::Receiver, "grpc.endpoint"),
+            errors,
+        ) {
             grpc.endpoint = endpoint;
         }
-        grpc.max_recv_msg_size_mib = protocol.integer(
+        grpc.max_recv_msg_size_mib = protocol.integer_setting(
             "max_recv_msg_size_mib",
-            grpc.max_recv_msg_size_mib,
-            1,
-            1024,
-            "must be between 1 and 1024 (MiB)",
+            settings::setting(Group::Receiver, "grpc.max_recv_msg_size_mib"),
             errors,
         );
         protocol.finish(errors);
@@ -218,15 +256,16 @@ fn walk_receivers(value: Option<&Value>, errors: &mut Vec<ConfigError>) -> Recei
             protocols.take("http"),
             errors,
         );
-        if let Some(endpoint) = protocol.string("endpoint", check_listen_address, errors) {
+        if let Some(endpoint) = protocol.string(
+            "endpoint",
+            check_listen_address(Group::Receiver, "http.endpoint"),
+            errors,
+        ) {
             http.endpoint = endpoint;
         }
-        http.max_request_body_size = protocol.integer(
+        http.max_request_body_size = protocol.integer_setting(
             "max_request_body_size",
-            http.max_request_body_size,
-            1,
-            1 << 30,
-            "must be between 1 and 1073741824 (bytes)",
+            settings::setting(Group::Receiver, "http.max_request_body_size"),
             errors,
         );
         protocol.finish(errors);
@@ -274,33 +313,16 @@ fn walk_exporter(path: &str, value: &Value, errors: &mut Vec<ConfigError>) -> Ex
     let mut section = Section::new(path, Some(value), errors);
     let aws = walk_aws(&format!("{path}.aws"), section.take("aws"), errors);
     let kpl = walk_kpl(&format!("{path}.kpl"), section.take("kpl"), errors);
-    let encoding = match section
-        .string(
-            "encoding",
-            |s| match s {
-                "otlp_proto" | "otlp_json" => Ok(s.to_string()),
-                _ => Err("must be one of otlp_proto, otlp_json".into()),
-            },
-            errors,
-        )
-        .as_deref()
-    {
-        Some("otlp_json") => Encoding::OtlpJson,
+    let one_of = |section: &mut Section, key: &str, errors: &mut Vec<ConfigError>| {
+        section.one_of(key, settings::setting(Group::Exporter, key), errors)
+    };
+    let encoding = match one_of(&mut section, "encoding", errors).as_str() {
+        "otlp_json" => Encoding::OtlpJson,
         _ => Encoding::OtlpProto,
     };
-    let compression = match section
-        .string(
-            "compression",
-            |s| match s {
-                "none" | "gzip" | "zstd" => Ok(s.to_string()),
-                _ => Err("must be one of none, gzip, zstd".into()),
-            },
-            errors,
-        )
-        .as_deref()
-    {
-        Some("gzip") => Compression::Gzip,
-        Some("zstd") => Compression::Zstd,
+    let compression = match one_of(&mut section, "compression", errors).as_str() {
+        "gzip" => Compression::Gzip,
+        "zstd" => Compression::Zstd,
         _ => Compression::None,
     };
     let partition_key = walk_partition_keys(
@@ -308,12 +330,9 @@ fn walk_exporter(path: &str, value: &Value, errors: &mut Vec<ConfigError>) -> Ex
         section.take("partition_key"),
         errors,
     );
-    let enqueue_timeout_seconds = section.integer(
+    let enqueue_timeout_seconds = section.integer_setting(
         "enqueue_timeout_seconds",
-        5,
-        0,
-        300,
-        "must be between 0 and 300 seconds",
+        settings::setting(Group::Exporter, "enqueue_timeout_seconds"),
         errors,
     );
     section.finish(errors);
@@ -335,23 +354,22 @@ fn walk_partition_keys(
     let mut keys = PartitionKeys::default();
     let mut section = Section::new(path, value, errors);
     for signal in Signal::ALL {
+        let rule = settings::setting(
+            Group::Exporter,
+            &format!("partition_key.{}", signal.as_str()),
+        )
+        .rule();
         let parsed = section.string(
             signal.as_str(),
             |s| match s {
-                "trace_id" if signal == Signal::Metrics => {
-                    Err("metrics carry no trace id; use random or a resource attribute".into())
-                }
-                "" => Err("must be trace_id, random or a resource attribute name".into()),
+                "trace_id" if signal == Signal::Metrics => Err(rule.clone()),
+                "" => Err(rule.clone()),
                 _ => Ok(s.to_string()),
             },
             errors,
         );
         if let Some(name) = parsed {
-            let key = match name.as_str() {
-                "trace_id" => PartitionKey::TraceId,
-                "random" => PartitionKey::Random,
-                _ => PartitionKey::Attribute(name),
-            };
+            let key = PartitionKey::from_name(&name);
             match signal {
                 Signal::Traces => keys.traces = key,
                 Signal::Metrics => keys.metrics = key,
@@ -381,92 +399,13 @@ fn walk_aws(path: &str, value: Option<&Value>, errors: &mut Vec<ConfigError>) ->
 }
 
 fn walk_kpl(path: &str, value: Option<&Value>, errors: &mut Vec<ConfigError>) -> KplConfig {
-    let d = KplConfig::default();
-    let mut s = Section::new(path, value, errors);
-    let e = errors;
-    let kpl = KplConfig {
-        aggregate_batch_count: s.integer(
-            "aggregate_batch_count",
-            d.aggregate_batch_count,
-            1,
-            4_294_967_295,
-            "must be between 1 and 4294967295",
-            e,
-        ),
-        aggregate_batch_size: s.integer(
-            "aggregate_batch_size",
-            d.aggregate_batch_size,
-            1,
-            KINESIS_MAX_RECORD_BYTES as u64,
-            "must be between 1 and 1048576 (1 MiB, the Kinesis record limit)",
-            e,
-        ),
-        batch_size: s.integer(
-            "batch_size",
-            d.batch_size,
-            1,
-            KINESIS_MAX_REQUEST_BYTES as u64,
-            "must be between 1 and 5242880 (5 MiB, the PutRecords limit)",
-            e,
-        ),
-        batch_count: s.integer(
-            "batch_count",
-            d.batch_count,
-            1,
-            1000,
-            "must be between 1 and 1000",
-            e,
-        ),
-        backlog_count: s.integer(
-            "backlog_count",
-            d.backlog_count,
-            1,
-            10_000_000,
-            "must be between 1 and 10000000",
-            e,
-        ),
-        flush_interval_seconds: s.integer(
-            "flush_interval_seconds",
-            d.flush_interval_seconds,
-            1,
-            3600,
-            "must be between 1 and 3600 seconds",
-            e,
-        ),
-        max_connections: s.integer(
-            "max_connections",
-            d.max_connections,
-            1,
-            256,
-            "must be between 1 and 256",
-            e,
-        ),
-        max_retries: s.integer(
-            "max_retries",
-            d.max_retries,
-            0,
-            100,
-            "must be between 0 and 100",
-            e,
-        ),
-        max_backoff_seconds: s.integer(
-            "max_backoff_seconds",
-            d.max_backoff_seconds,
-            1,
-            3600,
-            "must be between 1 and 3600 seconds",
-            e,
-        ),
-        request_timeout_seconds: s.integer(
-            "request_timeout_seconds",
-            d.request_timeout_seconds,
-            1,
-            600,
-            "must be between 1 and 600 seconds",
-            e,
-        ),
-    };
-    s.finish(e);
+    let mut kpl = KplConfig::default();
+    let mut section = Section::new(path, value, errors);
+    for (name, field) in kpl.fields_mut() {
+        let setting = settings::setting(Group::Exporter, &format!("kpl.{name}"));
+        *field = section.integer_setting(name, setting, errors);
+    }
+    section.finish(errors);
     kpl
 }
 
@@ -479,7 +418,7 @@ fn check_stream_name(s: &str) -> Result<String, String> {
     if ok {
         Ok(s.into())
     } else {
-        Err("must be 1 to 128 characters of letters, digits, '_', '.' and '-'".into())
+        Err(rule_of(Group::Exporter, "aws.stream_name"))
     }
 }
 
@@ -493,7 +432,7 @@ fn check_region(s: &str) -> Result<String, String> {
     if ok {
         Ok(s.into())
     } else {
-        Err("must be a region name of lowercase letters, digits and '-', e.g. us-west-2".into())
+        Err(rule_of(Group::Exporter, "aws.region"))
     }
 }
 
@@ -502,16 +441,16 @@ fn check_role(s: &str) -> Result<String, String> {
     if s.starts_with("arn:") && s.len() > 4 && !s.chars().any(char::is_whitespace) {
         Ok(s.into())
     } else {
-        Err("must be an IAM role ARN, e.g. arn:aws:iam::123456789012:role/name".into())
+        Err(rule_of(Group::Exporter, "aws.role"))
     }
 }
 
 /// `http(s)://host[:port][/path]`, or a bare `host[:port]` as the seed allows, meaning https.
 fn normalise_endpoint(s: &str) -> Result<String, String> {
-    let rule = "must be a URL (http:// or https://) or a host name";
+    let rule = rule_of(Group::Exporter, "aws.kinesis_endpoint");
     let (scheme, rest) = match s.split_once("://") {
         Some((scheme @ ("http" | "https"), rest)) => (scheme, rest),
-        Some(_) => return Err(rule.into()),
+        Some(_) => return Err(rule),
         None => ("https", s),
     };
     let host_port = rest.split('/').next().unwrap_or("");
@@ -529,14 +468,21 @@ fn normalise_endpoint(s: &str) -> Result<String, String> {
     if host_ok {
         Ok(format!("{scheme}://{rest}"))
     } else {
-        Err(rule.into())
+        Err(rule)
     }
 }
 
-/// `host:port` for a listener.
-pub(super) fn check_listen_address(s: &str) -> Result<String, String> {
-    match s.rsplit_once(':') {
+/// `host:port` for a listener; `Err` is the rule of the listen-address setting `key`.
+pub(super) fn check_listen_address(
+    group: Group,
+    key: &'static str,
+) -> impl Fn(&str) -> Result<String, String> {
+    move |s: &str| match s.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.into()),
-        _ => Err("must be host:port, e.g. 0.0.0.0:4317".into()),
+        _ => Err(rule_of(group, key)),
     }
+}
+
+fn rule_of(group: Group, key: &str) -> String {
+    settings::setting(group, key).rule()
 }

@@ -105,78 +105,53 @@ fn stream_region_endpoint_and_role_patterns() {
     );
 }
 
+/// The CRD's kpl bounds are the exporter's: every `spec.kpl` property has a settings-table row,
+/// its OpenAPI minimum and maximum are that row's range, and a resource at either end renders
+/// a configuration the exporter's own validator accepts with exactly that value, while one
+/// past either end is refused by the exporter too.
 #[test]
-fn every_kpl_range_is_enforced_at_both_ends() {
-    let ranges: &[(&str, i64, i64)] = &[
-        ("aggregateBatchCount", 1, 4_294_967_295),
-        ("aggregateBatchSize", 1, 1_048_576),
-        ("batchSize", 1, 5_242_880),
-        ("batchCount", 1, 1000),
-        ("backlogCount", 1, 10_000_000),
-        ("flushIntervalSeconds", 1, 3600),
-        ("maxConnections", 1, 256),
-        ("maxRetries", 0, 100),
-        ("maxBackoffSeconds", 1, 3600),
-    ];
-    for &(key, low, high) in ranges {
-        assert_eq!(
-            violations(json!({"kpl": {key: low}})),
-            Vec::<String>::new(),
-            "{key}={low}"
-        );
-        assert_eq!(
-            violations(json!({"kpl": {key: high}})),
-            Vec::<String>::new(),
-            "{key}={high}"
-        );
-        assert_refused(
-            json!({"kpl": {key: low - 1}}),
-            &format!("{key} must be between"),
-        );
-        assert_refused(
-            json!({"kpl": {key: high + 1}}),
-            &format!("{key} must be between"),
-        );
+fn the_crd_and_the_exporter_accept_exactly_the_same_kpl_ranges() {
+    use kinesis_exporter_config::settings::{self, Kind};
+    use kinesis_exporter_config::Config;
+    let crd = serde_json::to_value(KinesisExporter::crd()).unwrap();
+    let kpl = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["properties"]["kpl"]["properties"];
+    let properties = kpl.as_object().expect("spec.kpl has properties");
+    assert_eq!(properties.len(), 9, "the seed's nine kpl keys");
+    for (name, property) in properties {
+        let setting = settings::by_crd_field(&format!("kpl.{name}"))
+            .unwrap_or_else(|| panic!("spec.kpl.{name} has no row in the settings table"));
+        let Kind::Integer { min, max, .. } = setting.kind else {
+            panic!("{name} is not an integer setting");
+        };
+        // JSONSchemaProps keeps bounds as floating point; every table bound is exact in f64.
+        assert_eq!(property["minimum"].as_f64(), Some(min as f64), "{name}");
+        assert_eq!(property["maximum"].as_f64(), Some(max as f64), "{name}");
+        let exporter_key = setting.key.strip_prefix("kpl.").unwrap();
+        for value in [min, max] {
+            let rendered = crate::resources::render_config(
+                &resource(json!({"kpl": {name.as_str(): value}})).spec,
+            );
+            let config = Config::from_yaml(&rendered).unwrap_or_else(|e| panic!("{e}"));
+            let got = serde_json::to_value(&config.exporters["kinesis"].kpl).unwrap();
+            assert_eq!(got[exporter_key], json!(value), "{name}={value}");
+        }
+        let mut outside = vec![max + 1];
+        if min > 0 {
+            outside.push(min - 1);
+        }
+        for value in outside {
+            let yaml = format!("exporters:\n  kinesis:\n    kpl:\n      {exporter_key}: {value}\n");
+            assert!(
+                Config::from_yaml(&yaml).is_err(),
+                "the exporter accepted {exporter_key}={value}"
+            );
+        }
     }
 }
 
 #[test]
-fn identity_modes_must_be_consistent() {
-    // The default mode projects a token for aws.role: without a role there is nothing to be.
-    assert_refused(json!({"aws": {"role": null}}), "needs aws.role");
-    assert_refused(
-        json!({"aws": {"role": null}, "identity": {"mode": "EksWebhook"}}),
-        "need a role",
-    );
-    assert_eq!(
-        violations(json!({"aws": {"role": null}, "identity": {"mode": "PodIdentity"}})),
-        Vec::<String>::new()
-    );
-    assert_eq!(
-        violations(json!({"aws": {"role": null}, "identity": {"mode": "None"}})),
-        Vec::<String>::new()
-    );
-    assert_refused(
-        json!({"identity": {"mode": "PodIdentity", "baseRoleArn": "arn:aws:iam::123456789012:role/b"}}),
-        "baseRoleArn is only used",
-    );
-    assert_refused(
-        json!({"aws": {"role": null}, "identity": {"mode": "ProjectedToken", "baseRoleArn": "arn:aws:iam::123456789012:role/b"}}),
-        "set aws.role too",
-    );
-    assert_refused(
-        json!({"identity": {"baseRoleArn": "role/b"}}),
-        "baseRoleArn must be an IAM role ARN",
-    );
-}
-
-#[test]
-fn signals_replicas_partition_keys_and_name_length() {
-    assert_refused(json!({"signals": []}), "signals must list");
-    assert_refused(
-        json!({"signals": ["traces", "traces"]}),
-        "signals must list",
-    );
+fn other_ranges_and_patterns() {
     assert_refused(json!({"replicas": -1}), "replicas must be between");
     assert_refused(
         json!({"partitionKey": {"metrics": "trace_id"}}),

@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use kinesis_exporter::config as exporter;
+use kinesis_exporter_config as exporter;
+use kinesis_exporter_config::settings::{self, Group};
 
 use super::{GRPC_PORT, HTTP_PORT, METRICS_PORT};
 use crate::crd::{Compression, Encoding, KinesisExporterSpec, Signal};
@@ -17,21 +18,7 @@ pub fn render_config(spec: &KinesisExporterSpec) -> String {
 }
 
 fn exporter_config(spec: &KinesisExporterSpec) -> exporter::Config {
-    let defaults = exporter::KplConfig::default();
-    let kpl = spec.kpl.clone().unwrap_or_default();
-    let pick = |value: Option<i64>, default: u64| value.map_or(default, |v| v as u64);
-    let kpl = exporter::KplConfig {
-        aggregate_batch_count: pick(kpl.aggregate_batch_count, defaults.aggregate_batch_count),
-        aggregate_batch_size: pick(kpl.aggregate_batch_size, defaults.aggregate_batch_size),
-        batch_size: pick(kpl.batch_size, defaults.batch_size),
-        batch_count: pick(kpl.batch_count, defaults.batch_count),
-        backlog_count: pick(kpl.backlog_count, defaults.backlog_count),
-        flush_interval_seconds: pick(kpl.flush_interval_seconds, defaults.flush_interval_seconds),
-        max_connections: pick(kpl.max_connections, defaults.max_connections),
-        max_retries: pick(kpl.max_retries, defaults.max_retries),
-        max_backoff_seconds: pick(kpl.max_backoff_seconds, defaults.max_backoff_seconds),
-        request_timeout_seconds: defaults.request_timeout_seconds,
-    };
+    let kpl = kpl_config(spec);
     let aws = exporter::AwsConfig {
         stream_name: spec.aws.stream_name.clone(),
         region: spec
@@ -44,19 +31,15 @@ fn exporter_config(spec: &KinesisExporterSpec) -> exporter::Config {
     };
     let mut partition_key = exporter::PartitionKeys::default();
     if let Some(keys) = &spec.partition_key {
-        let parse = |text: &str| match text {
-            "trace_id" => exporter::PartitionKey::TraceId,
-            "random" => exporter::PartitionKey::Random,
-            other => exporter::PartitionKey::Attribute(other.to_string()),
-        };
-        if let Some(k) = &keys.traces {
-            partition_key.traces = parse(k);
-        }
-        if let Some(k) = &keys.metrics {
-            partition_key.metrics = parse(k);
-        }
-        if let Some(k) = &keys.logs {
-            partition_key.logs = parse(k);
+        let given = [
+            (&mut partition_key.traces, &keys.traces),
+            (&mut partition_key.metrics, &keys.metrics),
+            (&mut partition_key.logs, &keys.logs),
+        ];
+        for (key, name) in given {
+            if let Some(name) = name {
+                *key = exporter::PartitionKey::from_name(name);
+            }
         }
     }
     let exporter = exporter::ExporterConfig {
@@ -72,7 +55,7 @@ fn exporter_config(spec: &KinesisExporterSpec) -> exporter::Config {
             _ => exporter::Compression::None,
         },
         partition_key,
-        enqueue_timeout_seconds: 5,
+        enqueue_timeout_seconds: settings::range(Group::Exporter, "enqueue_timeout_seconds").0,
     };
     let pipelines = spec
         .signals()
@@ -109,12 +92,28 @@ fn exporter_config(spec: &KinesisExporterSpec) -> exporter::Config {
     }
 }
 
+/// The producer settings of `spec`: each `spec.kpl` field the settings table maps to an
+/// exporter key, the table's default for the rest.
+fn kpl_config(spec: &KinesisExporterSpec) -> exporter::KplConfig {
+    let mut kpl = exporter::KplConfig::default();
+    let given = serde_json::to_value(spec.kpl.clone().unwrap_or_default()).unwrap_or_default();
+    for (name, field) in kpl.fields_mut() {
+        let crd_field = settings::setting(Group::Exporter, &format!("kpl.{name}")).crd;
+        let value = crd_field
+            .and_then(|f| f.strip_prefix("kpl."))
+            .and_then(|f| given.get(f))
+            .and_then(serde_json::Value::as_u64);
+        if let Some(value) = value {
+            *field = value;
+        }
+    }
+    kpl
+}
+
 /// How long an exporter may take to flush on shutdown: a flush interval's worth of buffering,
 /// one full backoff and one request, within Kubernetes' patience.
 pub fn shutdown_timeout_seconds(spec: &KinesisExporterSpec) -> i64 {
-    let kpl = spec.kpl.clone().unwrap_or_default();
-    let flush = kpl.flush_interval_seconds.unwrap_or(5);
-    let backoff = kpl.max_backoff_seconds.unwrap_or(60);
-    let request = exporter::KplConfig::default().request_timeout_seconds as i64;
-    (flush + backoff + request).min(600)
+    let kpl = kpl_config(spec);
+    ((kpl.flush_interval_seconds + kpl.max_backoff_seconds + kpl.request_timeout_seconds) as i64)
+        .min(600)
 }

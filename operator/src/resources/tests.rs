@@ -1,7 +1,7 @@
 //! Builders: a spec in, Kubernetes objects out, and the rendered configuration accepted by the
 //! exporter's own validator.
 
-use kinesis_exporter::config::{self as exporter, Config, Signal as ExporterSignal};
+use kinesis_exporter_config::{self as exporter, Config, Signal as ExporterSignal};
 use serde_json::json;
 
 use super::*;

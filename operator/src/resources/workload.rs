@@ -66,7 +66,7 @@ pub fn deployment(kex: &KinesisExporter, defaults: &Defaults) -> Deployment {
             spec.aws
                 .region
                 .clone()
-                .unwrap_or_else(|| "us-west-2".into()),
+                .unwrap_or_else(|| kinesis_exporter_config::AwsConfig::default().region),
         ),
         ..EnvVar::default()
     }];
