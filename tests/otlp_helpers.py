@@ -44,7 +44,6 @@ from conftest import (
     KINESALITE_ENV,
     UserRecord,
     deaggregate_python,
-    free_port,
     read_all_records,
     wait_for,
 )
@@ -70,6 +69,7 @@ GRPC_METHODS = {
 RESOURCE_FIELD = {"traces": "resource_spans", "metrics": "resource_metrics", "logs": "resource_logs"}
 
 EXPORTER_START_TIMEOUT = 30.0
+ANY_LOCAL_PORT = "127.0.0.1:0"
 EXPORTER_STOP_TIMEOUT = 30.0
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
@@ -154,16 +154,18 @@ class ExporterProcess(ManagedProcess):
                  args: Iterable[str] = (), env: dict | None = None, name: str = "exporter"):
         self.binary = binary
         self.name = name
-        self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
         workdir.mkdir(parents=True, exist_ok=True)
+        # Port 0 everywhere: the exporter binds, then logs the addresses it got (no race for a
+        # port picked here and bound later).
         self.config = {
             "receivers": {"otlp": {"protocols": {
-                "grpc": {"endpoint": f"127.0.0.1:{self.grpc_port}", **(grpc_options or {})},
-                "http": {"endpoint": f"127.0.0.1:{self.http_port}", **(http_options or {})},
+                "grpc": {"endpoint": ANY_LOCAL_PORT, **(grpc_options or {})},
+                "http": {"endpoint": ANY_LOCAL_PORT, **(http_options or {})},
             }}},
             "exporters": exporters,
-            "service": {"telemetry": {"metrics": {"address": f"127.0.0.1:{self.metrics_port}"}}},
+            "service": {"telemetry": {"metrics": {"address": ANY_LOCAL_PORT}}},
         }
+        self._bound: dict[str, int] | None = None
         if pipelines is not None:
             self.config["service"]["pipelines"] = pipelines
         self.config_path = workdir / f"{name}.yaml"
@@ -183,7 +185,36 @@ class ExporterProcess(ManagedProcess):
         self.proc: subprocess.Popen | None = None
         self.returncode: int | None = None
 
-    # ---- addresses
+    # ---- addresses (what the exporter logged it bound)
+
+    def bound_ports(self, timeout: float = EXPORTER_START_TIMEOUT) -> dict[str, int]:
+        """{"grpc", "http", "telemetry"} -> port, from the exporter's "receiving OTLP" log line."""
+        if self._bound is None:
+            def logged():
+                self.check_running()
+                for line in self.logs(tail=10**9).splitlines():
+                    if '"receiving OTLP' not in line:
+                        continue
+                    record = json.loads(line)
+                    return {k: int(record[k].rsplit(":", 1)[1]) for k in ("grpc", "http", "telemetry")}
+                return None
+            try:
+                self._bound = wait_for(logged, timeout, f"{self.name} to log its listen addresses")
+            except TimeoutError as err:
+                raise AssertionError(f"{err}; log:\n{self.logs()}") from None
+        return self._bound
+
+    @property
+    def grpc_port(self) -> int:
+        return self.bound_ports()["grpc"]
+
+    @property
+    def http_port(self) -> int:
+        return self.bound_ports()["http"]
+
+    @property
+    def metrics_port(self) -> int:
+        return self.bound_ports()["telemetry"]
 
     @property
     def grpc_target(self) -> str:

@@ -10,4 +10,5 @@ pub use kinesis_exporter_config as config;
 pub mod encoding;
 pub mod ingress;
 pub mod kpl;
+pub mod server;
 pub mod telemetry;

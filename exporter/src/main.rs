@@ -9,8 +9,10 @@ use anyhow::{bail, Context};
 use base64::Engine;
 use clap::{Parser, Subcommand};
 use kinesis_exporter::config::{Config, ExporterConfig};
-use kinesis_exporter::ingress::{self, Ingress, IngressMetrics};
-use kinesis_exporter::kpl::{Producer, ProducerConfig, ProducerMetrics, UserRecord, DROP_REASONS};
+use kinesis_exporter::kpl::{
+    KinesisApi, Producer, ProducerConfig, ProducerMetrics, UserRecord, DROP_REASONS,
+};
+use kinesis_exporter::server::{self, Listeners, ShutdownTimeouts};
 use kinesis_exporter::telemetry::{self, LogFormat};
 use kinesis_exporter::{aws, kpl};
 
@@ -77,7 +79,7 @@ fn main() -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Runtime::new()?;
     let shutdown_timeout = Duration::from_secs(cli.shutdown_timeout);
-    let drain_timeout = Duration::from_secs(cli.drain_timeout).min(shutdown_timeout);
+    let drain_timeout = Duration::from_secs(cli.drain_timeout);
     match cli.command {
         Some(Command::Validate) => {
             print!("{}", config.to_yaml());
@@ -87,7 +89,13 @@ fn main() -> anyhow::Result<()> {
             let (id, exporter) = pick_exporter(&config, exporter.as_deref())?;
             runtime.block_on(put_from_stdin(id, exporter, shutdown_timeout))
         }
-        None => runtime.block_on(run(config, shutdown_timeout, drain_timeout)),
+        None => runtime.block_on(run(
+            config,
+            ShutdownTimeouts {
+                total: shutdown_timeout,
+                drain: drain_timeout,
+            },
+        )),
     }
 }
 
@@ -114,153 +122,29 @@ fn pick_exporter<'a>(
     }
 }
 
-async fn start_producer(
-    id: &str,
-    exporter: &ExporterConfig,
-    metrics: Arc<ProducerMetrics>,
-) -> Producer {
+/// The Kinesis client of every exporter, from its `aws` settings and the default credentials.
+async fn kinesis_clients(config: &Config) -> HashMap<String, Arc<dyn KinesisApi>> {
+    let mut clients = HashMap::new();
+    for (id, exporter) in &config.exporters {
+        clients.insert(id.clone(), kinesis_client(exporter).await);
+    }
+    clients
+}
+
+async fn kinesis_client(exporter: &ExporterConfig) -> Arc<dyn KinesisApi> {
     let sdk = aws::load(&exporter.aws).await;
-    let client = aws::SdkKinesis::new(
+    Arc::new(aws::SdkKinesis::new(
         &sdk,
         exporter.aws.kinesis_endpoint.as_deref(),
         exporter.kpl.request_timeout(),
-    );
-    tracing::info!(exporter = id, stream = %exporter.aws.stream_name, region = %exporter.aws.region, "starting producer");
-    Producer::start(
-        ProducerConfig::new(&exporter.aws.stream_name, &exporter.kpl),
-        Arc::new(client),
-        metrics,
-    )
+    ))
 }
 
-/// Runs the exporter: OTLP over gRPC and HTTP in, one producer per exporter out, telemetry on
-/// the side. On SIGTERM or Ctrl-C: fail /readyz, stop accepting, give requests under way up to
-/// `drain_timeout`, flush, and exit within `shutdown_timeout` whatever clients do.
-async fn run(
-    config: Config,
-    shutdown_timeout: Duration,
-    drain_timeout: Duration,
-) -> anyhow::Result<()> {
-    let mut registry = telemetry::new_registry();
-    let readiness = telemetry::Readiness::default();
-    let mut producers = Vec::new();
-    let mut handles = HashMap::new();
-    for (id, exporter) in &config.exporters {
-        let metrics = Arc::new(ProducerMetrics::default());
-        metrics.register(registry.sub_registry_with_label(("exporter".into(), id.clone().into())));
-        let producer = start_producer(id, exporter, metrics).await;
-        readiness.add_producer(producer.running_flag());
-        handles.insert(id.clone(), producer.handle());
-        producers.push((id.clone(), producer));
-    }
-    let ingress_metrics = IngressMetrics::default();
-    ingress_metrics.register(&mut registry);
-    let ingress = Ingress::new(ingress::routes(&config, &handles), ingress_metrics);
-    drop(handles);
-
-    let protocols = &config.receivers.otlp.protocols;
-    let grpc_listener = bind(
-        &protocols.grpc.endpoint,
-        "receivers.otlp.protocols.grpc.endpoint",
-    )
-    .await?;
-    let http_listener = bind(
-        &protocols.http.endpoint,
-        "receivers.otlp.protocols.http.endpoint",
-    )
-    .await?;
-    let telemetry_address = &config.service.telemetry.metrics.address;
-    let telemetry_listener = bind(telemetry_address, "service.telemetry.metrics.address").await?;
-
-    let (stop_ingress, ingress_stopped) = tokio::sync::watch::channel(false);
-    let (stop_telemetry, telemetry_stopped) = tokio::sync::watch::channel(false);
-    let grpc_router = ingress::grpc::router(
-        ingress.clone(),
-        (protocols.grpc.max_recv_msg_size_mib * 1024 * 1024) as usize,
-    );
-    let http_router = ingress::http::router(
-        ingress.clone(),
-        protocols.http.max_request_body_size as usize,
-    );
-    let grpc = tokio::spawn(serve(grpc_listener, grpc_router, ingress_stopped.clone()));
-    let http = tokio::spawn(serve(http_listener, http_router, ingress_stopped));
-    let telemetry_server = tokio::spawn(serve(
-        telemetry_listener,
-        telemetry::router(Arc::new(registry), readiness.clone()),
-        telemetry_stopped,
-    ));
-    readiness.set_listening();
-    tracing::info!(
-        grpc = %protocols.grpc.endpoint,
-        http = %protocols.http.endpoint,
-        telemetry = %telemetry_address,
-        exporters = producers.len(),
-        "receiving OTLP; send SIGTERM to drain and stop"
-    );
-
-    wait_for_signal().await;
-    let deadline = tokio::time::Instant::now() + shutdown_timeout;
-    readiness.set_draining();
-    tracing::info!("shutting down: no new requests; finishing those under way");
-    let _ = stop_ingress.send(true);
-    let mut servers = [grpc, http];
-    let drained = tokio::time::timeout(drain_timeout, async {
-        for server in servers.iter_mut() {
-            server.await??;
-        }
-        Ok::<_, anyhow::Error>(())
-    })
-    .await;
-    match drained {
-        Ok(result) => result?,
-        Err(_) => {
-            // Graceful shutdown waits for every connection; a client that never finishes its
-            // request must not hold back the flush of what was already acknowledged.
-            tracing::warn!(
-                drain_timeout_seconds = drain_timeout.as_secs(),
-                "OTLP requests still under way after the drain timeout; closing their connections"
-            );
-            servers.iter().for_each(|server| server.abort());
-        }
-    }
-    drop(ingress);
-    tracing::info!("flushing buffered records");
-    for (id, producer) in producers {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let report = producer.shutdown(left).await;
-        tracing::info!(exporter = %id, abandoned = report.abandoned, "exporter stopped");
-    }
-    let _ = stop_telemetry.send(true);
-    telemetry_server.await??;
-    tracing::info!("stopped");
-    Ok(())
-}
-
-async fn bind(address: &str, key: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address} ({key})"))
-}
-
-/// Serves `router` until `stop` turns true, then lets requests under way finish.
-async fn serve(
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Answers are small and clients wait for them: Nagle's algorithm would hold each one back
-    // for the peer's delayed ACK (tens of milliseconds per OTLP response).
-    let listener = listener.tap_io(|stream| {
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY not set");
-        }
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        })
-        .await
+/// Runs the exporter until SIGTERM or Ctrl-C (see [`server::serve`]).
+async fn run(config: Config, timeouts: ShutdownTimeouts) -> anyhow::Result<()> {
+    let clients = kinesis_clients(&config).await;
+    let listeners = Listeners::bind(&config).await?;
+    server::serve(&config, listeners, clients, wait_for_signal(), timeouts).await
 }
 
 async fn wait_for_signal() {
@@ -286,7 +170,12 @@ async fn put_from_stdin(
 ) -> anyhow::Result<()> {
     use tokio::io::AsyncBufReadExt;
     let metrics = Arc::new(ProducerMetrics::default());
-    let producer = start_producer(id, exporter, metrics.clone()).await;
+    tracing::info!(exporter = id, stream = %exporter.aws.stream_name, region = %exporter.aws.region, "starting producer");
+    let producer = Producer::start(
+        ProducerConfig::new(&exporter.aws.stream_name, &exporter.kpl),
+        kinesis_client(exporter).await,
+        metrics.clone(),
+    );
     let handle = producer.handle();
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut line_number = 0usize;

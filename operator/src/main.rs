@@ -86,6 +86,8 @@ async fn main() -> anyhow::Result<()> {
                 cli.metrics_address
             )
         })?;
+    // Logged as bound, so `--metrics-address 127.0.0.1:0` can be used and read back.
+    tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
     let router = kinesis_operator::metrics::router(Arc::new(registry));
     tokio::spawn(async move { axum::serve(listener, router).await });
 

@@ -32,7 +32,7 @@ import pytest
 import yaml
 
 # Re-exported fixtures of the main suite (see the module docstring).
-from conftest import exporter_bin, free_port, kinesalite, moto  # noqa: F401
+from conftest import exporter_bin, kinesalite, moto  # noqa: F401
 from otlp_helpers import ManagedProcess
 
 from .k8s_helpers import CHART_DIR, OPERATOR_NAMESPACE, RELEASE, REPO_DIR, Cluster, helm, poll
@@ -114,14 +114,25 @@ class OperatorProcess(ManagedProcess):
     def __init__(self, binary: Path, kubeconfig: Path, workdir: Path):
         self.binary = binary
         self.kubeconfig = kubeconfig
-        self.port = free_port()
+        self._port: int | None = None
         self.log_path = workdir / "operator.log"
         self.proc: subprocess.Popen | None = None
         self.returncode: int | None = None
 
     @property
+    def port(self) -> int:
+        """The metrics port the operator logged it bound (it is started on port 0)."""
+        if self._port is None:
+            def logged():
+                self.check_running()
+                return next((int(r["address"].rsplit(":", 1)[1]) for r in self.records()
+                             if r.get("message", "").startswith("serving /metrics")), None)
+            self._port = poll("kinesis-operator to log its metrics address", logged, timeout=60, interval=0.1)
+        return self._port
+
+    @property
     def argv(self) -> list[str]:
-        return [str(self.binary), "--metrics-address", f"127.0.0.1:{self.port}",
+        return [str(self.binary), "--metrics-address", "127.0.0.1:0",
                 "--exporter-image", EXPORTER_IMAGE, "--log-format", "json"]
 
     def start(self) -> "OperatorProcess":

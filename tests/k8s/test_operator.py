@@ -563,9 +563,7 @@ def test_rendered_config_runs_the_exporter_with_the_pod_identity(
     assert args[:4] == ["--config", "/etc/kinesis-exporter/config.yaml", "--log-format", "json"], args
 
     proc = ExporterProcess(exporter_bin, tmp_path / "exporter", {}, args=args[4:], env=env, name="from-configmap")
-    protocols["grpc"]["endpoint"] = proc.grpc_target
-    protocols["http"]["endpoint"] = f"127.0.0.1:{proc.http_port}"
-    telemetry["address"] = f"127.0.0.1:{proc.metrics_port}"
+    protocols["grpc"]["endpoint"] = protocols["http"]["endpoint"] = telemetry["address"] = "127.0.0.1:0"
     proc.config_path.write_text(yaml.safe_dump(rendered, sort_keys=False))
 
     start_recording(moto)

@@ -1,0 +1,207 @@
+//! The exporter as a library: listeners and a shutdown signal in, OTLP served until the signal,
+//! then a bounded drain and flush. `main` binds the configured addresses and passes SIGTERM;
+//! tests bind port 0, read the addresses back and pass a future they complete themselves.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::ingress::{self, Ingress, IngressMetrics};
+use crate::kpl::{KinesisApi, Producer, ProducerConfig, ProducerMetrics};
+use crate::telemetry;
+
+/// The three listening sockets: OTLP/gRPC, OTLP/HTTP and the telemetry endpoints.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: TcpListener,
+    pub telemetry: TcpListener,
+}
+
+/// Where the listeners actually listen (port 0 in the configuration picks a free port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundAddresses {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub telemetry: SocketAddr,
+}
+
+impl Listeners {
+    /// Binds the three addresses of `config`; an error names the key of the address.
+    pub async fn bind(config: &Config) -> anyhow::Result<Listeners> {
+        let protocols = &config.receivers.otlp.protocols;
+        Ok(Listeners {
+            grpc: bind(
+                &protocols.grpc.endpoint,
+                "receivers.otlp.protocols.grpc.endpoint",
+            )
+            .await?,
+            http: bind(
+                &protocols.http.endpoint,
+                "receivers.otlp.protocols.http.endpoint",
+            )
+            .await?,
+            telemetry: bind(
+                &config.service.telemetry.metrics.address,
+                "service.telemetry.metrics.address",
+            )
+            .await?,
+        })
+    }
+
+    pub fn local_addresses(&self) -> std::io::Result<BoundAddresses> {
+        Ok(BoundAddresses {
+            grpc: self.grpc.local_addr()?,
+            http: self.http.local_addr()?,
+            telemetry: self.telemetry.local_addr()?,
+        })
+    }
+}
+
+async fn bind(address: &str, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} ({key})"))
+}
+
+/// How long shutdown may take, and how much of it requests under way get.
+#[derive(Debug, Clone, Copy)]
+pub struct ShutdownTimeouts {
+    /// From the signal to the return, whatever clients do.
+    pub total: Duration,
+    /// Part of `total` given to requests under way before their connections are cut.
+    pub drain: Duration,
+}
+
+/// Serves OTLP with one producer per exporter (`clients` maps each exporter id to its Kinesis
+/// client) until `shutdown` completes. Then /readyz fails, the listeners close, requests under
+/// way get `timeouts.drain`, buffered records are flushed, and this returns within
+/// `timeouts.total`; what is still unsent then is dropped, counted and logged.
+pub async fn serve(
+    config: &Config,
+    listeners: Listeners,
+    clients: HashMap<String, Arc<dyn KinesisApi>>,
+    shutdown: impl Future<Output = ()>,
+    timeouts: ShutdownTimeouts,
+) -> anyhow::Result<()> {
+    let mut registry = telemetry::new_registry();
+    let readiness = telemetry::Readiness::default();
+    let mut producers = Vec::new();
+    let mut handles = HashMap::new();
+    for (id, exporter) in &config.exporters {
+        let metrics = Arc::new(ProducerMetrics::default());
+        metrics.register(registry.sub_registry_with_label(("exporter".into(), id.clone().into())));
+        let client = clients
+            .get(id)
+            .with_context(|| format!("no Kinesis client for exporter {id}"))?
+            .clone();
+        tracing::info!(exporter = %id, stream = %exporter.aws.stream_name, region = %exporter.aws.region, "starting producer");
+        let producer = Producer::start(
+            ProducerConfig::new(&exporter.aws.stream_name, &exporter.kpl),
+            client,
+            metrics,
+        );
+        readiness.add_producer(producer.running_flag());
+        handles.insert(id.clone(), producer.handle());
+        producers.push((id.clone(), producer));
+    }
+    let ingress_metrics = IngressMetrics::default();
+    ingress_metrics.register(&mut registry);
+    let ingress = Ingress::new(ingress::routes(config, &handles), ingress_metrics);
+    drop(handles);
+
+    let addresses = listeners.local_addresses()?;
+    let protocols = &config.receivers.otlp.protocols;
+    let (stop_ingress, ingress_stopped) = tokio::sync::watch::channel(false);
+    let (stop_telemetry, telemetry_stopped) = tokio::sync::watch::channel(false);
+    let grpc_router = ingress::grpc::router(
+        ingress.clone(),
+        (protocols.grpc.max_recv_msg_size_mib * 1024 * 1024) as usize,
+    );
+    let http_router = ingress::http::router(
+        ingress.clone(),
+        protocols.http.max_request_body_size as usize,
+    );
+    let grpc = tokio::spawn(serve_router(
+        listeners.grpc,
+        grpc_router,
+        ingress_stopped.clone(),
+    ));
+    let http = tokio::spawn(serve_router(listeners.http, http_router, ingress_stopped));
+    let telemetry_server = tokio::spawn(serve_router(
+        listeners.telemetry,
+        telemetry::router(Arc::new(registry), readiness.clone()),
+        telemetry_stopped,
+    ));
+    readiness.set_listening();
+    tracing::info!(
+        grpc = %addresses.grpc,
+        http = %addresses.http,
+        telemetry = %addresses.telemetry,
+        exporters = producers.len(),
+        "receiving OTLP; send SIGTERM to drain and stop"
+    );
+
+    shutdown.await;
+    let deadline = tokio::time::Instant::now() + timeouts.total;
+    readiness.set_draining();
+    tracing::info!("shutting down: no new requests; finishing those under way");
+    let _ = stop_ingress.send(true);
+    let mut servers = [grpc, http];
+    let drained = tokio::time::timeout(timeouts.drain.min(timeouts.total), async {
+        for server in servers.iter_mut() {
+            server.await??;
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+    .await;
+    match drained {
+        Ok(result) => result?,
+        Err(_) => {
+            // Graceful shutdown waits for every connection; a client that never finishes its
+            // request must not hold back the flush of what was already acknowledged.
+            tracing::warn!(
+                drain_timeout_seconds = timeouts.drain.as_secs(),
+                "OTLP requests still under way after the drain timeout; closing their connections"
+            );
+            servers.iter().for_each(|server| server.abort());
+        }
+    }
+    drop(ingress);
+    tracing::info!("flushing buffered records");
+    for (id, producer) in producers {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let report = producer.shutdown(left).await;
+        tracing::info!(exporter = %id, abandoned = report.abandoned, "exporter stopped");
+    }
+    let _ = stop_telemetry.send(true);
+    telemetry_server.await??;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Serves `router` until `stop` turns true, then lets requests under way finish.
+async fn serve_router(
+    listener: TcpListener,
+    router: axum::Router,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    // Answers are small and clients wait for them: Nagle's algorithm would hold each one back
+    // for the peer's delayed ACK (tens of milliseconds per OTLP response).
+    let listener = listener.tap_io(|stream| {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY not set");
+        }
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .await
+}

@@ -1,0 +1,371 @@
+//! Every answer the README promises from the OTLP ingress, in process: the server runs as a
+//! library ([`server::serve`]) on ports the OS picks, with the real producer and AWS SDK
+//! client writing to the Kinesis stand-in. HTTP: 200 (+ partial success), 400 with a
+//! google.rpc.Status, 404, 413, 415, 503 + Retry-After. gRPC: OK, INVALID_ARGUMENT,
+//! RESOURCE_EXHAUSTED, UNAVAILABLE, UNIMPLEMENTED.
+
+// Shared with producer_faults, which uses the rest of the stand-in's controls.
+#[allow(dead_code)]
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_credential_types::Credentials;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use kinesis_exporter::aws::SdkKinesis;
+use kinesis_exporter::config::Config;
+use kinesis_exporter::kpl::KinesisApi;
+use kinesis_exporter::server::{self, BoundAddresses, Listeners, ShutdownTimeouts};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+use support::standin::{Entry, Reply, StandIn};
+use tokio::sync::oneshot;
+
+const TRACES: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+const LOGS: &str = "/opentelemetry.proto.collector.logs.v1.LogsService/Export";
+
+/// A running exporter: its addresses, the stand-in behind it, and a way to stop it.
+struct Running {
+    addresses: BoundAddresses,
+    standin: StandIn,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    /// Starts the exporter with only a traces pipeline; `kpl` and `exporter` are extra YAML
+    /// lines for `exporters.kinesis.kpl` and `exporters.kinesis`.
+    async fn start(reply: fn(&[Entry]) -> Reply, kpl: &str, exporter: &str) -> Running {
+        let standin = StandIn::start(move |_, entries| reply(entries)).await;
+        let yaml = format!(
+            "receivers:\n  otlp:\n    protocols:\n      \
+               grpc: {{endpoint: '127.0.0.1:0', max_recv_msg_size_mib: 1}}\n      \
+               http: {{endpoint: '127.0.0.1:0', max_request_body_size: 65536}}\n\
+             exporters:\n  kinesis:\n    \
+               aws: {{stream_name: s, region: us-east-1, kinesis_endpoint: '{}'}}\n    \
+               kpl: {{flush_interval_seconds: 1, {kpl}}}\n    {exporter}\n\
+             service:\n  pipelines:\n    traces: {{receivers: [otlp], exporters: [kinesis]}}\n  \
+               telemetry: {{metrics: {{address: '127.0.0.1:0'}}}}\n",
+            standin.url()
+        );
+        let config = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+            .load()
+            .await;
+        let client: Arc<dyn KinesisApi> = Arc::new(SdkKinesis::new(
+            &sdk,
+            Some(&standin.url()),
+            Duration::from_secs(600),
+        ));
+        let listeners = Listeners::bind(&config).await.unwrap();
+        let addresses = listeners.local_addresses().unwrap();
+        assert_ne!(
+            addresses.grpc.port(),
+            0,
+            "port 0 is resolved to the bound port"
+        );
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let clients = HashMap::from([("kinesis".to_string(), client)]);
+            let timeouts = ShutdownTimeouts {
+                total: Duration::from_secs(3),
+                drain: Duration::from_secs(1),
+            };
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            server::serve(&config, listeners, clients, shutdown, timeouts).await
+        });
+        Running {
+            addresses,
+            standin,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Stops the server (it flushes) and returns the stand-in, to look at what was stored.
+    async fn stop(mut self) -> StandIn {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the server stops within its shutdown timeout")
+            .unwrap()
+            .unwrap();
+        self.standin
+    }
+
+    async fn post(&self, path: &str, content_type: &str, body: Vec<u8>) -> HttpAnswer {
+        let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+        let request = hyper::Request::post(format!("http://{}{path}", self.addresses.http))
+            .header("content-type", content_type)
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        HttpAnswer {
+            status,
+            content_type: header(&headers, "content-type"),
+            retry_after: header(&headers, "retry-after"),
+            body,
+        }
+    }
+
+    /// One unary gRPC call with `message` as the (uncompressed) payload; returns grpc-status,
+    /// grpc-message and the response message bytes.
+    async fn grpc(&self, path: &str, message: Vec<u8>) -> (i32, String, Bytes) {
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build_http::<Full<Bytes>>();
+        let mut framed = vec![0u8];
+        framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        framed.extend_from_slice(&message);
+        let request = hyper::Request::post(format!("http://{}{path}", self.addresses.grpc))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(Full::new(Bytes::from(framed)))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        let headers = response.headers().clone();
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let status = header(&trailers, "grpc-status")
+            .or_else(|| header(&headers, "grpc-status"))
+            .expect("a grpc-status")
+            .parse()
+            .unwrap();
+        let message_text = header(&trailers, "grpc-message")
+            .or_else(|| header(&headers, "grpc-message"))
+            .unwrap_or_default();
+        let body = collected.to_bytes();
+        let payload = if body.len() >= 5 {
+            body.slice(5..)
+        } else {
+            Bytes::new()
+        };
+        (status, message_text, payload)
+    }
+}
+
+struct HttpAnswer {
+    status: u16,
+    content_type: Option<String>,
+    retry_after: Option<String>,
+    body: Bytes,
+}
+
+fn header(headers: &hyper::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+fn stores(entries: &[Entry]) -> Reply {
+    Reply::Entries(vec![None; entries.len()])
+}
+
+fn stalls(_: &[Entry]) -> Reply {
+    Reply::Stall
+}
+
+/// One span in one resource; `attribute_bytes` pads it with an attribute that large.
+fn trace_request(name: &str, attribute_bytes: usize) -> ExportTraceServiceRequest {
+    let span = Span {
+        trace_id: vec![7; 16],
+        span_id: vec![9; 8],
+        name: name.to_string(),
+        attributes: vec![KeyValue {
+            key: "padding".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue("x".repeat(attribute_bytes))),
+            }),
+            ..KeyValue::default()
+        }],
+        ..Span::default()
+    };
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![span],
+                ..ScopeSpans::default()
+            }],
+            ..ResourceSpans::default()
+        }],
+    }
+}
+
+// gRPC status codes
+const OK: i32 = 0;
+const INVALID_ARGUMENT: i32 = 3;
+const RESOURCE_EXHAUSTED: i32 = 8;
+const UNIMPLEMENTED: i32 = 12;
+const UNAVAILABLE: i32 = 14;
+
+#[tokio::test]
+async fn http_answers() {
+    let running = Running::start(stores, "", "").await;
+    let request = trace_request("ok", 10).encode_to_vec();
+
+    let ok = running
+        .post("/v1/traces", "application/x-protobuf", request.clone())
+        .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(ok.content_type.as_deref(), Some("application/x-protobuf"));
+    let answer = ExportTraceServiceResponse::decode(ok.body).unwrap();
+    assert!(answer.partial_success.is_none_or(|p| p.rejected_spans == 0));
+
+    let json = running
+        .post(
+            "/v1/traces",
+            "application/json",
+            br#"{"resourceSpans":[{"scopeSpans":[{"spans":[{"traceId":"0102030405060708090a0b0c0d0e0f10","spanId":"0102030405060708","name":"json"}]}]}]}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(json.status, 200, "{:?}", json.body);
+    assert_eq!(json.content_type.as_deref(), Some("application/json"));
+
+    let bad = running
+        .post("/v1/traces", "application/x-protobuf", vec![0xff; 7])
+        .await;
+    assert_eq!(bad.status, 400);
+    let status = google_rpc_status(&bad.body);
+    assert_eq!(status.0, INVALID_ARGUMENT, "google.rpc.Status code");
+    assert!(!status.1.is_empty(), "the Status says what was wrong");
+
+    let media = running
+        .post("/v1/traces", "text/plain", request.clone())
+        .await;
+    assert_eq!(media.status, 415);
+
+    let path = running
+        .post("/v1/spans", "application/x-protobuf", request.clone())
+        .await;
+    assert_eq!(path.status, 404);
+    // A signal with no pipeline is refused the same way.
+    let logs = running
+        .post("/v1/logs", "application/x-protobuf", Vec::new())
+        .await;
+    assert_eq!(logs.status, 404);
+
+    let large = running
+        .post(
+            "/v1/traces",
+            "application/x-protobuf",
+            trace_request("large", 70_000).encode_to_vec(),
+        )
+        .await;
+    assert_eq!(large.status, 413);
+
+    running.stop().await;
+}
+
+/// google.rpc.Status {code = 1, message = 2}, decoded by hand to keep the test's own types few.
+fn google_rpc_status(body: &[u8]) -> (i32, String) {
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct RpcStatus {
+        #[prost(int32, tag = "1")]
+        code: i32,
+        #[prost(string, tag = "2")]
+        message: String,
+    }
+    let status = RpcStatus::decode(body).expect("a google.rpc.Status body");
+    (status.code, status.message)
+}
+
+#[tokio::test]
+async fn grpc_answers() {
+    let running = Running::start(stores, "", "").await;
+
+    let (code, message, payload) = running
+        .grpc(TRACES, trace_request("ok", 10).encode_to_vec())
+        .await;
+    assert_eq!(code, OK, "{message}");
+    assert!(ExportTraceServiceResponse::decode(payload)
+        .unwrap()
+        .partial_success
+        .is_none_or(|p| p.rejected_spans == 0));
+
+    let (code, message, _) = running.grpc(TRACES, vec![0xff; 7]).await;
+    assert_eq!(code, INVALID_ARGUMENT, "{message}");
+
+    let (code, message, _) = running
+        .grpc(TRACES, trace_request("big", 1_100_000).encode_to_vec())
+        .await;
+    assert_eq!(code, RESOURCE_EXHAUSTED, "{message}");
+
+    let (code, message, _) = running.grpc(LOGS, Vec::new()).await;
+    assert_eq!(code, UNIMPLEMENTED, "{message}");
+
+    running.stop().await;
+}
+
+/// A span that can never fit in a record (here: bigger than the whole batch_size) is refused
+/// in partial_success with its count and reason, and what fits is stored.
+#[tokio::test]
+async fn what_can_never_fit_is_reported_in_partial_success() {
+    let running = Running::start(stores, "batch_size: 2000", "").await;
+    let mut request = trace_request("fits", 10);
+    request
+        .resource_spans
+        .extend(trace_request("never-fits", 5000).resource_spans);
+    let (code, message, payload) = running.grpc(TRACES, request.encode_to_vec()).await;
+    assert_eq!(code, OK, "{message}");
+    let partial = ExportTraceServiceResponse::decode(payload)
+        .unwrap()
+        .partial_success
+        .expect("partial_success");
+    assert_eq!(partial.rejected_spans, 1);
+    assert!(!partial.error_message.is_empty());
+    let stored = running.stop().await.stored();
+    assert_eq!(stored.len(), 1, "the span that fits, alone, raw");
+    let kept = ExportTraceServiceRequest::decode(stored[0].data.as_slice()).unwrap();
+    assert_eq!(kept.resource_spans[0].scope_spans[0].spans[0].name, "fits");
+}
+
+#[tokio::test]
+async fn a_full_backlog_answers_retry_later_never_ok() {
+    let running = Running::start(
+        stalls,
+        "backlog_count: 1, max_connections: 1, batch_count: 1, aggregate_batch_count: 1",
+        "enqueue_timeout_seconds: 0",
+    )
+    .await;
+    let mut refused = None;
+    for i in 0..200 {
+        let answer = running
+            .post(
+                "/v1/traces",
+                "application/x-protobuf",
+                trace_request(&format!("bp-{i}"), 10).encode_to_vec(),
+            )
+            .await;
+        assert!(matches!(answer.status, 200 | 503), "{}", answer.status);
+        if answer.status == 503 {
+            refused = Some(answer);
+            break;
+        }
+    }
+    let refused = refused.expect("a 503 once the backlog is full");
+    let retry_after = refused.retry_after.expect("503 carries Retry-After");
+    assert!(retry_after.parse::<u64>().is_ok(), "{retry_after}");
+
+    let (code, message, _) = running
+        .grpc(TRACES, trace_request("bp-grpc", 10).encode_to_vec())
+        .await;
+    assert_eq!(code, UNAVAILABLE, "{message}");
+    running.stop().await;
+}
