@@ -58,7 +58,7 @@ impl Running {
             standin.url()
         );
         let config = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        let sdk = aws_config::defaults(kinesis_exporter::aws::behavior_version())
             .region(aws_config::Region::new("us-east-1"))
             .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
             .load()

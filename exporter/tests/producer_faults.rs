@@ -43,7 +43,7 @@ async fn start(
     standin: &StandIn,
     config: ProducerConfig,
 ) -> (Producer, ProducerHandle, Arc<ProducerMetrics>) {
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+    let sdk = aws_config::defaults(kinesis_exporter::aws::behavior_version())
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
         .load()

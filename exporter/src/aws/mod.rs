@@ -10,6 +10,12 @@ use aws_credential_types::provider::SharedCredentialsProvider;
 
 use crate::config::AwsConfig;
 
+/// The SDK behaviour this build was tested with, pinned so an SDK upgrade cannot change
+/// defaults (retries, timeouts) behind our back. `latest()` is the same version today.
+pub fn behavior_version() -> BehaviorVersion {
+    BehaviorVersion::v2026_01_12()
+}
+
 /// Loads the SDK configuration for one exporter.
 ///
 /// Credentials come from the default chain: environment, IRSA web identity
@@ -17,7 +23,7 @@ use crate::config::AwsConfig;
 /// `aws.role` is set, that role is assumed on top of them, unless the web identity already is
 /// that role (then the second hop would only add latency and a needed trust policy).
 pub async fn load(aws: &AwsConfig) -> SdkConfig {
-    let base = aws_config::defaults(BehaviorVersion::latest())
+    let base = aws_config::defaults(behavior_version())
         .region(Region::new(aws.region.clone()))
         .load()
         .await;
