@@ -108,5 +108,7 @@ fn main() {
             100.0 * md5.as_secs_f64() / agg.as_secs_f64()
         );
     }
-    println!("ratio = aggregation throughput as a share of MD5-only throughput (median of {rounds} interleaved rounds)");
+    println!(
+        "ratio = aggregation throughput as a share of MD5-only throughput (median of {rounds} interleaved rounds)"
+    );
 }

@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use base64::Engine;
 use clap::{Parser, Subcommand};
 use kinesis_exporter::config::{Config, ExporterConfig};
 use kinesis_exporter::kpl::{
-    KinesisApi, Producer, ProducerConfig, ProducerMetrics, UserRecord, DROP_REASONS,
+    DROP_REASONS, KinesisApi, Producer, ProducerConfig, ProducerMetrics, UserRecord,
 };
 use kinesis_exporter::server::{self, Listeners, ShutdownTimeouts};
 use kinesis_exporter::telemetry::{self, LogFormat};

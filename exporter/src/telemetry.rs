@@ -1,8 +1,8 @@
 //! Structured logs and the Prometheus registry shared by every part of the exporter.
 
 use std::io::IsTerminal;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::ValueEnum;
 use prometheus_client::registry::Registry;
@@ -73,7 +73,7 @@ impl Readiness {
 
 /// The registry in OpenMetrics text, as a `/metrics` response.
 pub fn metrics_response(registry: &Registry) -> axum::response::Response {
-    use axum::http::{header, StatusCode};
+    use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, registry) {

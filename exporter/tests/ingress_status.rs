@@ -24,7 +24,7 @@ use kinesis_exporter::server::{self, BoundAddresses, Listeners, ShutdownTimeouts
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 use support::standin::{Entry, Reply, StandIn};
@@ -294,10 +294,12 @@ async fn grpc_answers() {
         .grpc(TRACES, trace_request("ok", 10).encode_to_vec())
         .await;
     assert_eq!(code, OK, "{message}");
-    assert!(ExportTraceServiceResponse::decode(payload)
-        .unwrap()
-        .partial_success
-        .is_none_or(|p| p.rejected_spans == 0));
+    assert!(
+        ExportTraceServiceResponse::decode(payload)
+            .unwrap()
+            .partial_success
+            .is_none_or(|p| p.rejected_spans == 0)
+    );
 
     let (code, message, _) = running.grpc(TRACES, vec![0xff; 7]).await;
     assert_eq!(code, INVALID_ARGUMENT, "{message}");

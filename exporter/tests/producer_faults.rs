@@ -13,8 +13,8 @@ use kinesis_exporter::aws::SdkKinesis;
 use kinesis_exporter::config::KplConfig;
 use kinesis_exporter::kpl::aggregator::deaggregate;
 use kinesis_exporter::kpl::{
-    partition_key_hash, Producer, ProducerConfig, ProducerHandle, ProducerMetrics, PutError,
-    UserRecord,
+    Producer, ProducerConfig, ProducerHandle, ProducerMetrics, PutError, UserRecord,
+    partition_key_hash,
 };
 use support::standin::{Entry, Reply, StandIn};
 

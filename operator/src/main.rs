@@ -8,9 +8,9 @@ use kinesis_operator::crd::KinesisExporter;
 use kinesis_operator::metrics::OperatorMetrics;
 use kinesis_operator::reconcile::{self, Context, OwnedApis};
 use kinesis_operator::resources::Defaults;
+use kube::Client;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::Client;
 use prometheus_client::registry::Registry;
 
 /// Runs and rolls kinesis-exporter Deployments for KinesisExporter resources.

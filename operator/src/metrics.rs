@@ -35,7 +35,7 @@ impl OperatorMetrics {
 
 /// The registry in OpenMetrics text, as a `/metrics` response.
 fn metrics_response(registry: &Registry) -> axum::response::Response {
-    use axum::http::{header, StatusCode};
+    use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
     let mut text = String::new();
     match prometheus_client::encoding::text::encode(&mut text, registry) {

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_yaml_ng::Value;
 
-use super::validate::{check_listen_address, show, Section};
+use super::validate::{Section, check_listen_address, show};
 use super::*;
 
 /// The signal of a pipeline id: `traces`, `traces/name`, ...

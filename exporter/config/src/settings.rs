@@ -149,8 +149,7 @@ pub const SETTINGS: &[Setting] = &[
         },
         origin: Origin::Seed,
         crd: Some("aws.kinesisEndpoint"),
-        description:
-            "A custom Kinesis endpoint; a bare `host[:port]` means `https://host[:port]`. \
+        description: "A custom Kinesis endpoint; a bare `host[:port]` means `https://host[:port]`. \
                       Default: the SDK's endpoint for the region.",
     },
     Setting {

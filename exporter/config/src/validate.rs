@@ -16,7 +16,7 @@ pub(super) fn load(text: &str) -> Result<Config, ConfigErrors> {
                 key: "(file)".into(),
                 value: None,
                 rule: format!("is not valid YAML: {e}"),
-            }]))
+            }]));
         }
     };
     let mut errors = Vec::new();
@@ -455,11 +455,7 @@ fn normalise_endpoint(s: &str) -> Result<String, String> {
     };
     let host_port = rest.split('/').next().unwrap_or("");
     let host = host_port.rsplit_once(':').map_or(host_port, |(h, port)| {
-        if port.parse::<u16>().is_ok() {
-            h
-        } else {
-            ""
-        }
+        if port.parse::<u16>().is_ok() { h } else { "" }
     });
     let host_ok = !host.is_empty()
         && host

@@ -1,15 +1,15 @@
 //! [`KinesisApi`] over the AWS SDK: request building and error classification.
 
 use aws_config::SdkConfig;
+use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kinesis::primitives::Blob;
 use aws_sdk_kinesis::types::PutRecordsRequestEntry;
-use aws_sdk_kinesis::Client;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use futures::future::BoxFuture;
 use std::time::Duration;
 
-use crate::kpl::client::{is_retryable_request_error, EntryResult, KinesisApi, RequestError};
+use crate::kpl::client::{EntryResult, KinesisApi, RequestError, is_retryable_request_error};
 use crate::kpl::record::KinesisRecord;
 use crate::kpl::shard_map::Shard;
 

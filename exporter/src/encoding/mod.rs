@@ -9,8 +9,8 @@ mod signals;
 use std::io::Write;
 
 use crate::config::{Compression, Encoding, PartitionKey, Signal};
-use crate::kpl::record::MAX_PARTITION_KEY_CHARS;
 use crate::kpl::UserRecord;
+use crate::kpl::record::MAX_PARTITION_KEY_CHARS;
 
 pub use signals::{logs, metrics, traces};
 

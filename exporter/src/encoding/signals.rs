@@ -8,13 +8,13 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
-    metric::Data, Metric, ResourceMetrics, ScopeMetrics,
+    Metric, ResourceMetrics, ScopeMetrics, metric::Data,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 
-use super::{fit, key_from_text, random_key, Encoded, RecordFormat, Unit};
+use super::{Encoded, RecordFormat, Unit, fit, key_from_text, random_key};
 use crate::config::{Encoding, PartitionKey, Signal};
 
 fn encode_message<M: Message + serde::Serialize>(message: &M, encoding: Encoding) -> Vec<u8> {

@@ -4,12 +4,12 @@
 //! One task owns all buffers (no locks on the hot path). Callers talk to it through a bounded
 //! channel of `backlog` records: when the task cannot keep up, callers wait.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -18,9 +18,9 @@ use super::batcher::{Batch, Batcher};
 use super::client::KinesisApi;
 use super::metrics::{ProducerMetrics, ResultLabel};
 use super::record::{InvalidRecord, KinesisRecord, UserRecord};
-use super::sender::{count_stored, send_batch, SendContext, SendOutcome};
+use super::sender::{SendContext, SendOutcome, count_stored, send_batch};
 use super::shard_map::ShardMap;
-use crate::config::{KplConfig, KINESIS_MAX_RECORD_BYTES};
+use crate::config::{KINESIS_MAX_RECORD_BYTES, KplConfig};
 
 /// Everything the producer needs to know, in its own units.
 #[derive(Debug, Clone)]
@@ -410,10 +410,10 @@ impl Pipeline {
     }
 
     async fn emit_aggregate(&mut self, key: &AggregateKey, mut record: KinesisRecord) {
-        if let (AggregateKey::Shard(i), Some(map)) = (key, &self.shard_map) {
-            if record.is_aggregated() {
-                record.predicted_shard = Some(map.get(*i).id.clone());
-            }
+        if let (AggregateKey::Shard(i), Some(map)) = (key, &self.shard_map)
+            && record.is_aggregated()
+        {
+            record.predicted_shard = Some(map.get(*i).id.clone());
         }
         self.emit(record).await;
     }

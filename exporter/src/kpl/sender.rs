@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::backoff::jittered_delay;
-use super::client::{is_permanent_entry_error, EntryResult, KinesisApi};
+use super::client::{EntryResult, KinesisApi, is_permanent_entry_error};
 use super::metrics::{ProducerMetrics, ResultLabel};
 use super::record::KinesisRecord;
 

@@ -2,7 +2,7 @@
 //! implementation: what the API server would accept and what it would refuse, with which message.
 
 use kube::CustomResourceExt;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use super::*;
 
@@ -111,11 +111,11 @@ fn stream_region_endpoint_and_role_patterns() {
 /// past either end is refused by the exporter too.
 #[test]
 fn the_crd_and_the_exporter_accept_exactly_the_same_kpl_ranges() {
-    use kinesis_exporter_config::settings::{self, Kind};
     use kinesis_exporter_config::Config;
+    use kinesis_exporter_config::settings::{self, Kind};
     let crd = serde_json::to_value(KinesisExporter::crd()).unwrap();
-    let kpl = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-        ["properties"]["kpl"]["properties"];
+    let kpl = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["kpl"]["properties"];
     let properties = kpl.as_object().expect("spec.kpl has properties");
     assert_eq!(properties.len(), 9, "the seed's nine kpl keys");
     for (name, property) in properties {

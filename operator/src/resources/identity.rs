@@ -34,10 +34,10 @@ pub fn service_account(kex: &KinesisExporter) -> Option<ServiceAccount> {
         return None;
     }
     let mut meta = child_meta(kex);
-    if kex.spec.identity_mode() == IdentityMode::EksWebhook {
-        if let Some(role) = web_identity_role(kex) {
-            meta.annotations = Some(BTreeMap::from([(IRSA_ANNOTATION.to_string(), role)]));
-        }
+    if kex.spec.identity_mode() == IdentityMode::EksWebhook
+        && let Some(role) = web_identity_role(kex)
+    {
+        meta.annotations = Some(BTreeMap::from([(IRSA_ANNOTATION.to_string(), role)]));
     }
     Some(ServiceAccount {
         metadata: meta,

@@ -91,10 +91,12 @@ fn the_rendered_configuration_loads_in_the_exporter_with_every_value() {
         config.service.exporters_for(ExporterSignal::Traces),
         ["kinesis"]
     );
-    assert!(config
-        .service
-        .exporters_for(ExporterSignal::Metrics)
-        .is_empty());
+    assert!(
+        config
+            .service
+            .exporters_for(ExporterSignal::Metrics)
+            .is_empty()
+    );
     assert_eq!(
         config.receivers.otlp.protocols.grpc.endpoint,
         "0.0.0.0:4317"
@@ -164,11 +166,12 @@ fn projected_token_mode_wires_irsa_like_the_webhook() {
         .clone()
         .unwrap();
     assert_eq!(projection.audience.as_deref(), Some("sts.amazonaws.com"));
-    assert!(c
-        .volume_mounts
-        .iter()
-        .flatten()
-        .any(|m| m.mount_path == "/var/run/secrets/eks.amazonaws.com/serviceaccount"));
+    assert!(
+        c.volume_mounts
+            .iter()
+            .flatten()
+            .any(|m| m.mount_path == "/var/run/secrets/eks.amazonaws.com/serviceaccount")
+    );
     assert!(service_account(&k).unwrap().metadata.annotations.is_none());
 
     // A base role is the pod's identity; the exporter then assumes aws.role from it.
@@ -224,11 +227,13 @@ fn a_custom_sts_endpoint_reaches_the_pods_and_rolls_them() {
         .template
         .spec
         .unwrap();
-    assert!(!pod.containers[0]
-        .env
-        .iter()
-        .flatten()
-        .any(|e| e.name == "AWS_ENDPOINT_URL_STS"));
+    assert!(
+        !pod.containers[0]
+            .env
+            .iter()
+            .flatten()
+            .any(|e| e.name == "AWS_ENDPOINT_URL_STS")
+    );
 }
 
 #[test]

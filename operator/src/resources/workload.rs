@@ -18,8 +18,8 @@ use sha2::{Digest, Sha256};
 
 use super::identity::{projected_token, service_account_name};
 use super::{
-    child_meta, labels, render_config, selector_labels, shutdown_timeout_seconds, Defaults,
-    CONFIG_DIR, CONFIG_FILE, GRPC_PORT, HTTP_PORT, METRICS_PORT, RESTART_HASH_ANNOTATION,
+    CONFIG_DIR, CONFIG_FILE, Defaults, GRPC_PORT, HTTP_PORT, METRICS_PORT, RESTART_HASH_ANNOTATION,
+    child_meta, labels, render_config, selector_labels, shutdown_timeout_seconds,
 };
 use crate::crd::{ImagePullPolicy, KinesisExporter};
 
