@@ -9,9 +9,7 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use clap::{Parser, Subcommand};
 use kinesis_exporter::config::{Config, ExporterConfig};
-use kinesis_exporter::kpl::{
-    DROP_REASONS, KinesisApi, Producer, ProducerConfig, ProducerMetrics, UserRecord,
-};
+use kinesis_exporter::kpl::{DROP_REASONS, KinesisApi, Producer, ProducerMetrics, UserRecord};
 use kinesis_exporter::server::{self, Listeners, ShutdownTimeouts};
 use kinesis_exporter::telemetry::{self, LogFormat};
 use kinesis_exporter::{aws, kpl};
@@ -172,7 +170,7 @@ async fn put_from_stdin(
     let metrics = Arc::new(ProducerMetrics::default());
     tracing::info!(exporter = id, stream = %exporter.aws.stream_name, region = %exporter.aws.region, "starting producer");
     let producer = Producer::start(
-        ProducerConfig::new(&exporter.aws.stream_name, &exporter.kpl),
+        server::producer_config(&exporter.aws.stream_name, &exporter.kpl),
         kinesis_client(exporter).await,
         metrics.clone(),
     );

@@ -11,10 +11,31 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::config::{Config, KplConfig};
 use crate::ingress::{self, Ingress, IngressMetrics};
-use crate::kpl::{KinesisApi, Producer, ProducerConfig, ProducerMetrics};
+use crate::kpl::{KinesisApi, Producer, ProducerConfig, ProducerMetrics, limits};
 use crate::telemetry;
+
+/// The producer's settings from an exporter's `kpl` keys (the producer knows nothing of the
+/// YAML file): the seed's record and byte counts, in the producer's own units, with Kinesis'
+/// 500 records per request applied.
+pub fn producer_config(stream_name: &str, kpl: &KplConfig) -> ProducerConfig {
+    ProducerConfig {
+        stream_name: stream_name.to_string(),
+        aggregate_max_count: kpl.aggregate_batch_count,
+        aggregate_max_bytes: kpl.aggregate_batch_size as usize,
+        records_per_request: (kpl.batch_count as usize).min(limits::MAX_RECORDS_PER_REQUEST),
+        request_max_bytes: kpl.batch_size as usize,
+        backlog: kpl.backlog_count as usize,
+        flush_interval: kpl.flush_interval(),
+        max_connections: kpl.max_connections as usize,
+        max_retries: kpl.max_retries as u32,
+        base_backoff: Duration::from_millis(100),
+        max_backoff: kpl.max_backoff(),
+        request_timeout: kpl.request_timeout(),
+        shard_map_refresh_interval: Duration::from_secs(1),
+    }
+}
 
 /// The three listening sockets: OTLP/gRPC, OTLP/HTTP and the telemetry endpoints.
 pub struct Listeners {
@@ -102,7 +123,7 @@ pub async fn serve(
             .clone();
         tracing::info!(exporter = %id, stream = %exporter.aws.stream_name, region = %exporter.aws.region, "starting producer");
         let producer = Producer::start(
-            ProducerConfig::new(&exporter.aws.stream_name, &exporter.kpl),
+            producer_config(&exporter.aws.stream_name, &exporter.kpl),
             client,
             metrics,
         );
@@ -204,4 +225,40 @@ async fn serve_router(
             let _ = stop.wait_for(|stopped| *stopped).await;
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::settings::{self, Group};
+
+    #[test]
+    fn the_kpl_keys_map_onto_the_producer_with_the_500_record_split() {
+        let mut kpl = KplConfig::default();
+        let producer = producer_config("s", &kpl);
+        assert_eq!(
+            producer.records_per_request, 500,
+            "the seed's 1000, split at 500"
+        );
+        assert_eq!(producer.aggregate_max_bytes, 51_200);
+        assert_eq!(producer.flush_interval, Duration::from_secs(5));
+        kpl.batch_count = 200;
+        kpl.max_retries = 3;
+        let producer = producer_config("s", &kpl);
+        assert_eq!(producer.records_per_request, 200);
+        assert_eq!(producer.max_retries, 3);
+    }
+
+    /// The settings table's maxima are the producer's Kinesis limits, and so is the number the
+    /// configuration warns about: one set of facts, stated once per crate.
+    #[test]
+    fn the_settings_table_agrees_with_the_kinesis_limits() {
+        let max = |key| settings::range(Group::Exporter, key).2 as usize;
+        assert_eq!(max("kpl.aggregate_batch_size"), limits::MAX_RECORD_BYTES);
+        assert_eq!(max("kpl.batch_size"), limits::MAX_REQUEST_BYTES);
+        assert_eq!(
+            crate::config::KINESIS_MAX_RECORDS_PER_REQUEST,
+            limits::MAX_RECORDS_PER_REQUEST
+        );
+    }
 }

@@ -8,8 +8,7 @@ use futures::future::BoxFuture;
 use kinesis_exporter::config::KplConfig;
 use kinesis_exporter::kpl::shard_map::Shard;
 use kinesis_exporter::kpl::{
-    EntryResult, KinesisApi, KinesisRecord, Producer, ProducerConfig, ProducerMetrics,
-    RequestError, UserRecord,
+    EntryResult, KinesisApi, KinesisRecord, Producer, ProducerMetrics, RequestError, UserRecord,
 };
 use tokio::time::Instant;
 
@@ -70,7 +69,7 @@ async fn retries_back_off_exponentially_with_jitter_up_to_the_cap() {
         flush_interval_seconds: 3600,
         ..KplConfig::default()
     };
-    let config = ProducerConfig::new("stream", &kpl);
+    let config = kinesis_exporter::server::producer_config("stream", &kpl);
     assert_eq!(config.base_backoff, Duration::from_millis(100));
     let metrics = Arc::new(ProducerMetrics::default());
     let producer = Producer::start(config, client.clone(), metrics.clone());

@@ -27,7 +27,7 @@ fn producer_config(tweak: impl FnOnce(&mut KplConfig)) -> ProducerConfig {
         ..KplConfig::default()
     };
     tweak(&mut kpl);
-    let mut config = ProducerConfig::new("stream", &kpl);
+    let mut config = kinesis_exporter::server::producer_config("stream", &kpl);
     config.base_backoff = Duration::from_millis(5);
     config.max_backoff = Duration::from_millis(40);
     config.request_timeout = Duration::from_millis(500);

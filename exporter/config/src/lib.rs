@@ -18,12 +18,10 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-/// Kinesis accepts at most this many records in one PutRecords request.
+/// Kinesis accepts at most this many records in one PutRecords request (the producer's own
+/// limits are in `kinesis_exporter::kpl::limits`; a test there checks they agree). Said in
+/// the start-up warning about `batch_count`.
 pub const KINESIS_MAX_RECORDS_PER_REQUEST: usize = 500;
-/// Kinesis limit for one record: data plus partition key.
-pub const KINESIS_MAX_RECORD_BYTES: usize = 1024 * 1024;
-/// Kinesis limit for one PutRecords request: data plus partition keys of every entry.
-pub const KINESIS_MAX_REQUEST_BYTES: usize = 5 * 1024 * 1024;
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -240,10 +238,6 @@ pub struct KplConfig {
 }
 
 impl KplConfig {
-    /// Records per PutRecords request actually sent: the seed allows up to 1000, Kinesis takes 500.
-    pub fn records_per_request(&self) -> usize {
-        (self.batch_count as usize).min(KINESIS_MAX_RECORDS_PER_REQUEST)
-    }
     pub fn flush_interval(&self) -> Duration {
         Duration::from_secs(self.flush_interval_seconds)
     }

@@ -9,7 +9,7 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use futures::future::BoxFuture;
 use std::time::Duration;
 
-use crate::kpl::client::{EntryResult, KinesisApi, RequestError, is_retryable_request_error};
+use crate::kpl::client::{EntryResult, KinesisApi, RequestError};
 use crate::kpl::record::KinesisRecord;
 use crate::kpl::shard_map::Shard;
 
@@ -71,6 +71,7 @@ impl KinesisApi for SdkKinesis {
                     Some(code) => EntryResult::Failed {
                         code: code.to_string(),
                         message: r.error_message().unwrap_or_default().to_string(),
+                        permanent: is_permanent_entry_error(code),
                     },
                     None => EntryResult::Stored {
                         shard_id: r.shard_id().unwrap_or_default().to_string(),
@@ -175,4 +176,39 @@ where
             message,
         },
     }
+}
+
+/// Entry error codes that will not go away by retrying the same record.
+fn is_permanent_entry_error(code: &str) -> bool {
+    matches!(
+        code,
+        "KMSAccessDeniedException"
+            | "KMSDisabledException"
+            | "KMSInvalidStateException"
+            | "KMSNotFoundException"
+            | "KMSOptInRequired"
+            | "ValidationException"
+            | "InvalidArgumentException"
+    )
+}
+
+/// Request error codes worth retrying (besides 5xx, timeouts and network failures).
+fn is_retryable_request_error(code: &str) -> bool {
+    matches!(
+        code,
+        "ProvisionedThroughputExceededException"
+            | "LimitExceededException"
+            | "KMSThrottlingException"
+            | "InternalFailure"
+            | "InternalFailureException"
+            | "InternalServerError"
+            | "ServiceUnavailable"
+            | "ServiceUnavailableException"
+            | "Throttling"
+            | "ThrottlingException"
+            | "RequestTimeout"
+            | "RequestTimeoutException"
+            | "ExpiredTokenException"
+            | "RequestExpired"
+    )
 }

@@ -186,7 +186,7 @@ pub fn routes(
                         encoding: exporter.encoding,
                         compression: exporter.compression,
                         partition_key: exporter.partition_key.for_signal(signal).clone(),
-                        max_record_bytes: crate::config::KINESIS_MAX_RECORD_BYTES
+                        max_record_bytes: crate::kpl::limits::MAX_RECORD_BYTES
                             .min(exporter.kpl.batch_size as usize),
                     },
                     producer: producers[&id].clone(),

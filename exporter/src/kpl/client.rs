@@ -8,8 +8,15 @@ use super::shard_map::Shard;
 /// The outcome of one entry of a PutRecords response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryResult {
-    Stored { shard_id: String },
-    Failed { code: String, message: String },
+    Stored {
+        shard_id: String,
+    },
+    /// `permanent`: retrying the same record cannot succeed (the adapter knows which codes).
+    Failed {
+        code: String,
+        message: String,
+        permanent: bool,
+    },
 }
 
 /// A whole request that failed.
@@ -37,39 +44,4 @@ pub trait KinesisApi: Send + Sync + 'static {
         &'a self,
         stream: &'a str,
     ) -> BoxFuture<'a, Result<Vec<Shard>, RequestError>>;
-}
-
-/// Entry error codes that will not go away by retrying the same record.
-pub fn is_permanent_entry_error(code: &str) -> bool {
-    matches!(
-        code,
-        "KMSAccessDeniedException"
-            | "KMSDisabledException"
-            | "KMSInvalidStateException"
-            | "KMSNotFoundException"
-            | "KMSOptInRequired"
-            | "ValidationException"
-            | "InvalidArgumentException"
-    )
-}
-
-/// Request error codes worth retrying (besides 5xx, timeouts and network failures).
-pub fn is_retryable_request_error(code: &str) -> bool {
-    matches!(
-        code,
-        "ProvisionedThroughputExceededException"
-            | "LimitExceededException"
-            | "KMSThrottlingException"
-            | "InternalFailure"
-            | "InternalFailureException"
-            | "InternalServerError"
-            | "ServiceUnavailable"
-            | "ServiceUnavailableException"
-            | "Throttling"
-            | "ThrottlingException"
-            | "RequestTimeout"
-            | "RequestTimeoutException"
-            | "ExpiredTokenException"
-            | "RequestExpired"
-    )
 }

@@ -7,6 +7,7 @@ pub mod aggregator;
 mod backoff;
 pub mod batcher;
 pub mod client;
+pub mod limits;
 pub mod metrics;
 mod producer;
 pub mod record;

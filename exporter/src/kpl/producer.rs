@@ -16,11 +16,11 @@ use tokio::time::Instant;
 use super::aggregator::{AggregateLimits, Aggregator};
 use super::batcher::{Batch, Batcher};
 use super::client::KinesisApi;
+use super::limits::MAX_RECORD_BYTES as KINESIS_MAX_RECORD_BYTES;
 use super::metrics::{ProducerMetrics, ResultLabel};
 use super::record::{InvalidRecord, KinesisRecord, UserRecord};
 use super::sender::{SendContext, SendOutcome, count_stored, send_batch};
 use super::shard_map::ShardMap;
-use crate::config::{KINESIS_MAX_RECORD_BYTES, KplConfig};
 
 /// Everything the producer needs to know, in its own units.
 #[derive(Debug, Clone)]
@@ -42,24 +42,6 @@ pub struct ProducerConfig {
 }
 
 impl ProducerConfig {
-    pub fn new(stream_name: &str, kpl: &KplConfig) -> Self {
-        ProducerConfig {
-            stream_name: stream_name.to_string(),
-            aggregate_max_count: kpl.aggregate_batch_count,
-            aggregate_max_bytes: kpl.aggregate_batch_size as usize,
-            records_per_request: kpl.records_per_request(),
-            request_max_bytes: kpl.batch_size as usize,
-            backlog: kpl.backlog_count as usize,
-            flush_interval: kpl.flush_interval(),
-            max_connections: kpl.max_connections as usize,
-            max_retries: kpl.max_retries as u32,
-            base_backoff: Duration::from_millis(100),
-            max_backoff: kpl.max_backoff(),
-            request_timeout: kpl.request_timeout(),
-            shard_map_refresh_interval: Duration::from_secs(1),
-        }
-    }
-
     /// A Kinesis record (data + key) must fit in one record and in one request.
     fn max_record_bytes(&self) -> usize {
         KINESIS_MAX_RECORD_BYTES.min(self.request_max_bytes)

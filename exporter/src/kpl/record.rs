@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use md5::{Digest, Md5};
 
-use crate::config::KINESIS_MAX_RECORD_BYTES;
+use super::limits::MAX_RECORD_BYTES as KINESIS_MAX_RECORD_BYTES;
 
 /// Kinesis partition keys are 1 to 256 Unicode characters.
 pub const MAX_PARTITION_KEY_CHARS: usize = 256;

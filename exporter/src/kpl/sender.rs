@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::backoff::jittered_delay;
-use super::client::{EntryResult, KinesisApi, is_permanent_entry_error};
+use super::client::{EntryResult, KinesisApi};
 use super::metrics::{ProducerMetrics, ResultLabel};
 use super::record::KinesisRecord;
 
@@ -89,9 +89,11 @@ pub(super) async fn send_batch(
                                 count_delivered(metrics, &record);
                             }
                         }
-                        EntryResult::Failed { code, message }
-                            if is_permanent_entry_error(&code) =>
-                        {
+                        EntryResult::Failed {
+                            code,
+                            message,
+                            permanent: true,
+                        } => {
                             partial = true;
                             drop_records(
                                 metrics,
