@@ -58,22 +58,28 @@ MD5_SIZE = 16
 # --------------------------------------------------------------------------- polling
 
 
-def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
-    """Poll ``condition`` until it returns a truthy value or ``timeout`` seconds pass.
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.05,
+             retry_errors: bool = True):
+    """Poll ``condition`` until it returns a truthy value (returned) or ``timeout`` seconds
+    pass (TimeoutError naming ``what`` and the last value or error).
 
-    Exceptions raised by ``condition`` count as "not yet"; the last one is reported.
+    With ``retry_errors`` an exception from ``condition`` counts as "not yet"; without, it
+    propagates at once (for conditions that check a process is still alive).
     """
     deadline = time.monotonic() + timeout
     last_error: BaseException | None = None
+    last: object = None
     while True:
         try:
-            result = condition()
-            if result:
-                return result
+            last = condition()
+            if last:
+                return last
         except Exception as err:  # noqa: BLE001 - any failure means "not ready yet"
+            if not retry_errors:
+                raise
             last_error = err
         if time.monotonic() >= deadline:
-            detail = f": last error {last_error!r}" if last_error else ""
+            detail = f": last error {last_error!r}" if last_error else f"; last: {last!r}"
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
         time.sleep(interval)
 
@@ -88,25 +94,42 @@ def free_port(host: str = "127.0.0.1") -> int:
 # --------------------------------------------------------------------------- peer processes
 
 
-class Peer:
-    """A peer server running as a child process in its own process group."""
+class ChildProcess:
+    """A child process of the tests, in its own process group, its output in ``log_path``.
 
-    def __init__(self, name: str, argv: list[str], log_path: Path, cwd: Path, env=None):
+    Peers (kinesalite, moto) are started with ``spawn`` and stopped without caring how they
+    exit; the processes under test (the exporter, the operator) are stopped with
+    ``stop(check=True)``, which asserts that SIGTERM made them exit 0 in time.
+    """
+
+    def __init__(self, name: str, log_path: Path):
         self.name = name
         self.log_path = log_path
-        self._log = open(log_path, "wb")
+        self.proc: subprocess.Popen | None = None
+        self.returncode: int | None = None
+        self._log = None
+
+    def spawn(self, argv: list[str], env: dict | None = None, cwd: Path | None = None,
+              stdout_pipe: bool = False) -> "ChildProcess":
+        """Start ``argv``; with ``stdout_pipe`` its stdout is kept for :meth:`read_line` and
+        only stderr goes to the log."""
+        self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=self._log,
+            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if stdout_pipe else self._log,
+            stderr=self._log if stdout_pipe else subprocess.STDOUT,
             start_new_session=True,
         )
+        return self
+
+    def logs(self, tail: int = 6000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-tail:]
+        except FileNotFoundError:
+            return ""
 
     def read_line(self, timeout: float) -> str:
-        """The first line the peer prints on stdout (used to learn its port)."""
+        """The first line the process prints on stdout (used to learn a peer's port)."""
         deadline = time.monotonic() + timeout
         buffer = b""
         fd = self.proc.stdout.fileno()
@@ -123,28 +146,49 @@ class Peer:
         return buffer.split(b"\n", 1)[0].decode().strip()
 
     def check_running(self) -> None:
-        if self.proc.poll() is not None:
-            self.fail(f"exited with status {self.proc.returncode}")
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"{self.name} exited with status {self.proc.returncode}; "
+                                 f"log {self.log_path}:\n{self.logs()}")
 
     def fail(self, why: str):
-        self.stop()
-        log = self.log_path.read_text(errors="replace")[-4000:]
-        raise RuntimeError(f"{self.name} {why}; log {self.log_path}:\n{log}")
+        self.stop(check=False)
+        raise RuntimeError(f"{self.name} {why}; log {self.log_path}:\n{self.logs(4000)}")
 
-    def stop(self) -> None:
-        """SIGTERM the process group, SIGKILL it if it lingers."""
+    def stop(self, timeout: float = 30, check: bool = True) -> int:
+        """SIGTERM the process group and wait up to ``timeout`` s, then SIGKILL. With ``check``,
+        assert it exited 0 in time. Idempotent."""
+        if self.proc is None or self.returncode is not None:
+            return self.returncode or 0
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout=10)
             except ProcessLookupError:
                 pass
+        try:
+            self.returncode = self.proc.wait(timeout=timeout)
+            killed = False
+        except subprocess.TimeoutExpired:
+            self.kill()
+            self.returncode, killed = -9, True
         if self.proc.stdout:
             self.proc.stdout.close()
         self._log.close()
+        if check and killed:
+            raise AssertionError(f"{self.name} did not exit within {timeout:.0f}s of SIGTERM "
+                                 f"(killed); log:\n{self.logs()}")
+        if check:
+            assert self.returncode == 0, \
+                f"{self.name} exited {self.returncode} after SIGTERM; log:\n{self.logs()}"
+        return self.returncode
+
+    def kill(self) -> None:
+        """Last-resort cleanup (no assertion)."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=10)
 
 
 def _answers_kinesis(endpoint: str) -> bool:
@@ -157,22 +201,18 @@ def _answers_http(url: str) -> bool:
         return response.status == 200
 
 
-def start_kinesalite(workdir: Path, host: str = "127.0.0.1") -> tuple[Peer, str]:
+def start_kinesalite(workdir: Path, host: str = "127.0.0.1") -> tuple[ChildProcess, str]:
     """Starts an in-memory kinesalite on a port the OS picks on ``host``; returns the peer
-    (stop it) and its endpoint URL once it answers ListStreams."""
-    peer = Peer(
-        "kinesalite",
-        ["node", str(PEERS_DIR / "kinesalite.js"), "0", host],
-        log_path=workdir / "kinesalite.log",
-        cwd=TESTS_DIR,
-    )
+    (stop it with ``stop(check=False)``) and its endpoint URL once it answers ListStreams."""
+    peer = ChildProcess("kinesalite", workdir / "kinesalite.log").spawn(
+        ["node", str(PEERS_DIR / "kinesalite.js"), "0", host], cwd=TESTS_DIR, stdout_pipe=True)
     try:
         port = int(peer.read_line(PEER_START_TIMEOUT))
         endpoint = f"http://{host}:{port}"
         wait_for(lambda: peer.check_running() or _answers_kinesis(endpoint),
                  PEER_START_TIMEOUT, "kinesalite to answer ListStreams")
     except BaseException:
-        peer.stop()
+        peer.stop(check=False)
         raise
     return peer, endpoint
 
@@ -184,7 +224,7 @@ def kinesalite(tmp_path_factory) -> Iterator[str]:
     try:
         yield endpoint
     finally:
-        peer.stop()
+        peer.stop(check=False)
 
 
 def moto_server_path() -> Path:
@@ -195,30 +235,19 @@ def moto_server_path() -> Path:
     return path
 
 
-def start_moto_server(workdir: Path, host: str = "127.0.0.1") -> tuple[Peer, str]:
+def start_moto_server(workdir: Path, host: str = "127.0.0.1") -> tuple[ChildProcess, str]:
     """Starts moto_server on a free port of ``host`` with its call recorder writing into
     ``workdir``; returns the peer (stop it) and its endpoint URL once it answers."""
     port = free_port(host)
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "HOME": str(workdir),
-        "MOTO_RECORDER_FILEPATH": str(workdir / "recording.jsonl"),
-        "AWS_CONFIG_FILE": str(workdir / "missing"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(workdir / "missing"),
-    }
-    peer = Peer(
-        "moto_server",
-        [str(moto_server_path()), "-H", host, "-p", str(port)],
-        log_path=workdir / "moto.log",
-        cwd=workdir,
-        env=env,
-    )
+    env = child_env(workdir, MOTO_RECORDER_FILEPATH=str(workdir / "recording.jsonl"))
+    peer = ChildProcess("moto_server", workdir / "moto.log").spawn(
+        [str(moto_server_path()), "-H", host, "-p", str(port)], env=env, cwd=workdir)
     endpoint = f"http://{host}:{port}"
     try:
         wait_for(lambda: peer.check_running() or _answers_http(f"{endpoint}/moto-api/data.json"),
                  PEER_START_TIMEOUT, "moto_server to answer /moto-api/data.json")
     except BaseException:
-        peer.stop()
+        peer.stop(check=False)
         raise
     return peer, endpoint
 
@@ -233,7 +262,7 @@ def moto(tmp_path_factory) -> Iterator[str]:
     try:
         yield endpoint
     finally:
-        peer.stop()
+        peer.stop(check=False)
 
 
 # --------------------------------------------------------------------------- moto API
@@ -526,14 +555,42 @@ def deaggregate_node(records: Iterable[KinesisRecord]) -> list[UserRecord]:
 # --------------------------------------------------------------------------- the exporter
 
 
+BINARY_OVERRIDES = {"kinesis-exporter": "KINESIS_EXPORTER_BIN", "kinesis-operator": "KEX_OPERATOR_BIN"}
+
+
+def built_binary(name: str) -> Path:
+    """A binary of the workspace: $KINESIS_EXPORTER_BIN / $KEX_OPERATOR_BIN, else
+    target/debug/NAME; raises with how to get it when it is missing."""
+    variable = BINARY_OVERRIDES[name]
+    path = Path(os.environ.get(variable) or REPO_DIR / "target" / "debug" / name)
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise FileNotFoundError(f"{name} not found at {path}: run `make build` (cargo build "
+                                f"--workspace) or set {variable}")
+    return path
+
+
 @pytest.fixture(scope="session")
 def exporter_bin() -> Path:
-    """The kinesis-exporter binary: $KINESIS_EXPORTER_BIN, else target/debug/kinesis-exporter."""
-    path = Path(os.environ.get("KINESIS_EXPORTER_BIN") or REPO_DIR / "target" / "debug" / "kinesis-exporter")
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        pytest.fail(f"kinesis-exporter binary not found at {path}: build it (cargo build -p exporter) "
-                    f"or set KINESIS_EXPORTER_BIN", pytrace=False)
-    return path
+    """The kinesis-exporter binary (see :func:`built_binary`)."""
+    try:
+        return built_binary("kinesis-exporter")
+    except FileNotFoundError as err:
+        pytest.fail(str(err), pytrace=False)
+
+
+def child_env(home: Path, **extra: str) -> dict[str, str]:
+    """The environment of a child process of the tests: PATH, HOME in the test's own
+    directory, no AWS profile or credentials file of the developer's, backtraces on; plus
+    ``extra``."""
+    missing = str(home / "no-such-aws-file")
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(home),
+        "AWS_CONFIG_FILE": missing,
+        "AWS_SHARED_CREDENTIALS_FILE": missing,
+        "RUST_BACKTRACE": "1",
+        **extra,
+    }
 
 
 def write_config(path: Path, stream: str, endpoint: str, role: str | None = None,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import os
 import random
 import shutil
 import signal
@@ -31,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import (  # noqa: E402 - needs the sys.path entry above
     KINESALITE_ENV,
     REGION,
-    REPO_DIR,
-    Peer,
+    ChildProcess,
+    built_binary,
     create_stream,
     deaggregate_python,
     partition_key_hash,
@@ -61,17 +60,18 @@ def make_records(seed: int = 2024) -> list[dict]:
             for _ in range(USER_RECORDS)]
 
 
-def start_kinesalite(workdir: Path) -> tuple[Peer, str]:
+def start_kinesalite(workdir: Path) -> tuple[ChildProcess, str]:
     """kinesalite on 127.0.0.1 (the test fixture's starter), stopped at exit."""
     peer, endpoint = start_test_kinesalite(workdir)
-    atexit.register(peer.stop)
+    atexit.register(peer.stop, check=False)
     return peer, endpoint
 
 
 def main() -> int:
-    binary = Path(os.environ.get("KINESIS_EXPORTER_BIN") or REPO_DIR / "target" / "debug" / "kinesis-exporter")
-    if not (binary.is_file() and os.access(binary, os.X_OK)):
-        print(f"error: {binary} not found; run `make build` first", file=sys.stderr)
+    try:
+        binary = built_binary("kinesis-exporter")
+    except FileNotFoundError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 1
     workdir = Path(tempfile.mkdtemp(prefix="kinesis-exporter-demo-"))
 
@@ -147,7 +147,7 @@ def main() -> int:
         return 0 if ok else 1
     finally:
         step("stopping kinesalite")
-        peer.stop()
+        peer.stop(check=False)
         if finished:
             shutil.rmtree(workdir, ignore_errors=True)
         else:

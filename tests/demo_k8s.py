@@ -154,9 +154,9 @@ def run(stack: contextlib.ExitStack, workdir: Path, state: Path) -> bool:
     (workdir / "kinesalite").mkdir()
     (workdir / "moto").mkdir()
     kinesalite_peer, kinesalite = start_kinesalite(workdir / "kinesalite", node.ip)
-    stack.callback(kinesalite_peer.stop)
+    stack.callback(kinesalite_peer.stop, check=False)
     moto_peer, moto = start_moto_server(workdir / "moto", node.ip)
-    stack.callback(moto_peer.stop)
+    stack.callback(moto_peer.stop, check=False)
     print(f"    kinesalite {kinesalite}, moto {moto}")
     sample = yaml.safe_load(SAMPLE.read_text())
     stream = sample["spec"]["aws"]["streamName"]

@@ -19,11 +19,8 @@ import base64
 import gzip
 import io
 import json
-import os
 import re
-import signal
 import socket
-import subprocess
 import threading
 import urllib.error
 import urllib.request
@@ -42,6 +39,8 @@ from opentelemetry.proto.common.v1 import common_pb2
 
 from conftest import (
     KINESALITE_ENV,
+    ChildProcess,
+    child_env,
     UserRecord,
     deaggregate_python,
     read_all_records,
@@ -70,7 +69,6 @@ RESOURCE_FIELD = {"traces": "resource_spans", "metrics": "resource_metrics", "lo
 
 EXPORTER_START_TIMEOUT = 30.0
 ANY_LOCAL_PORT = "127.0.0.1:0"
-EXPORTER_STOP_TIMEOUT = 30.0
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
 
@@ -98,50 +96,7 @@ def all_signals_to(exporter_id: str) -> dict:
     return {signal_: {"receivers": ["otlp"], "exporters": [exporter_id]} for signal_ in SIGNALS}
 
 
-class ManagedProcess:
-    """A child process of the tests with its output in ``log_path``, stopped with SIGTERM and
-    expected to exit 0. Subclasses set ``name`` and ``log_path`` and start ``proc`` with
-    ``start_new_session=True`` (so the whole group can be killed as a last resort)."""
-
-    name: str
-    log_path: Path
-    proc: subprocess.Popen | None = None
-    returncode: int | None = None
-    _log = None
-
-    def logs(self, tail: int = 6000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-tail:]
-        except FileNotFoundError:
-            return ""
-
-    def stop(self, timeout: float = EXPORTER_STOP_TIMEOUT) -> int:
-        """SIGTERM, wait up to ``timeout`` s; assert a clean exit (status 0). Idempotent."""
-        if self.proc is None or self.returncode is not None:
-            return self.returncode or 0
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.returncode = self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-            self.returncode = -9
-            self._log.close()
-            raise AssertionError(f"{self.name} did not exit within {timeout:.0f}s of SIGTERM "
-                                 f"(killed); log:\n{self.logs()}") from None
-        self._log.close()
-        assert self.returncode == 0, f"{self.name} exited {self.returncode} after SIGTERM; log:\n{self.logs()}"
-        return self.returncode
-
-    def kill(self) -> None:
-        """Last-resort cleanup (no assertion)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-
-
-class ExporterProcess(ManagedProcess):
+class ExporterProcess(ChildProcess):
     """One running ``kinesis-exporter`` with an OTLP ingress on free 127.0.0.1 ports.
 
     ``exporters`` maps exporter ids (``kinesis``, ``kinesis/traces``...) to their config;
@@ -152,8 +107,8 @@ class ExporterProcess(ManagedProcess):
     def __init__(self, binary: Path, workdir: Path, exporters: dict, *, pipelines: dict | None = None,
                  grpc_options: dict | None = None, http_options: dict | None = None,
                  args: Iterable[str] = (), env: dict | None = None, name: str = "exporter"):
+        super().__init__(name, workdir / f"{name}.log")
         self.binary = binary
-        self.name = name
         workdir.mkdir(parents=True, exist_ok=True)
         # Port 0 everywhere: the exporter binds, then logs the addresses it got (no race for a
         # port picked here and bound later).
@@ -170,20 +125,9 @@ class ExporterProcess(ManagedProcess):
             self.config["service"]["pipelines"] = pipelines
         self.config_path = workdir / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
-        self.log_path = workdir / f"{name}.log"
         self.args = list(args)
-        missing = str(workdir / "no-such-aws-file")
-        self.env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": os.environ.get("HOME", "/nonexistent"),
-            "AWS_CONFIG_FILE": missing,
-            "AWS_SHARED_CREDENTIALS_FILE": missing,
-            "AWS_EC2_METADATA_DISABLED": "true",
-            "RUST_BACKTRACE": "1",
-            **(KINESALITE_ENV if env is None else env),
-        }
-        self.proc: subprocess.Popen | None = None
-        self.returncode: int | None = None
+        self.env = child_env(workdir, AWS_EC2_METADATA_DISABLED="true",
+                             **(KINESALITE_ENV if env is None else env))
 
     # ---- addresses (what the exporter logged it bound)
 
@@ -229,18 +173,9 @@ class ExporterProcess(ManagedProcess):
     # ---- lifecycle
 
     def start(self) -> "ExporterProcess":
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            [str(self.binary), "--config", str(self.config_path), "--log-format", "json", *self.args],
-            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
-            env=self.env, start_new_session=True,
-        )
+        self.spawn([str(self.binary), "--config", str(self.config_path), "--log-format", "json", *self.args],
+                   env=self.env)
         return self
-
-    def check_running(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"{self.name} exited with status {self.proc.returncode}; "
-                                 f"config {self.config_path}; log:\n{self.logs()}")
 
     def wait_ready(self, path: str = "/readyz", timeout: float = EXPORTER_START_TIMEOUT) -> "ExporterProcess":
         """Poll ``path`` on the telemetry address until 200, and both OTLP ports accept."""
@@ -719,9 +654,3 @@ def assert_same(got: Counter, sent: Counter, what: str) -> None:
 
 def gzip_bytes(data: bytes) -> bytes:
     return gzip.compress(data)
-
-
-def wait_until(condition, timeout: float, what: str):
-    """:func:`conftest.wait_for` with a slightly longer poll interval for HTTP scrapes."""
-    return wait_for(condition, timeout, what, interval=0.2)
-

@@ -35,7 +35,7 @@ from google.protobuf import json_format
 from google.rpc import status_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
 
-from conftest import create_stream, deaggregate_node, deaggregate_python, read_all_records
+from conftest import create_stream, deaggregate_node, deaggregate_python, read_all_records, wait_for
 from otlp_helpers import (
     HEX32,
     HTTP_PATHS,
@@ -57,7 +57,6 @@ from otlp_helpers import (
     send_traces,
     send_traces_sharing_trace_ids,
     spans_of,
-    wait_until,
 )
 
 PROTOBUF = "application/x-protobuf"
@@ -469,8 +468,8 @@ def test_sigterm_is_bounded_by_stalled_clients_and_flushes_what_was_acknowledged
     try:
         started = time.monotonic()
         os.killpg(proc.proc.pid, signal.SIGTERM)
-        wait_until(lambda: requests.get(proc.telemetry_url("/readyz"), timeout=2).status_code == 503,
-                   5, "/readyz to fail once SIGTERM arrived")
+        wait_for(lambda: requests.get(proc.telemetry_url("/readyz"), timeout=2).status_code == 503,
+                 5, "/readyz to fail once SIGTERM arrived")
         returncode = proc.proc.wait(timeout=20)
         took = time.monotonic() - started
     finally:
@@ -506,7 +505,7 @@ def test_metrics_and_health_endpoints(kinesalite, exporter_process):
         samples = proc.metrics()
         return all(samples.value(metric, signal=s, protocol=p) == n for (s, p), n in expected.items())
     try:
-        wait_until(counts_match, 10, f"{metric} to count what was sent")
+        wait_for(counts_match, 10, f"{metric} to count what was sent", interval=0.2)
     except TimeoutError:
         samples = proc.metrics()
         got = {k: samples.value(metric, signal=k[0], protocol=k[1]) for k in expected}
@@ -519,8 +518,8 @@ def test_metrics_and_health_endpoints(kinesalite, exporter_process):
     def delivered_matches_stream():
         in_stream = len(deaggregate_python(read_all_records(kinesalite, stream)))
         return in_stream >= 5 and proc.metrics().value(delivered, exporter="kinesis") == in_stream
-    wait_until(delivered_matches_stream, 20,
-               f'{delivered}{{exporter="kinesis"}} to equal the user records in the stream')
+    wait_for(delivered_matches_stream, 20,
+             f'{delivered}{{exporter="kinesis"}} to equal the user records in the stream', interval=0.2)
     response = requests.get(proc.telemetry_url("/metrics"), timeout=5)
     # OpenMetrics text (what prometheus-client writes, ending in "# EOF"); Prometheus scrapes it.
     assert response.headers.get("Content-Type", "").startswith("application/openmetrics-text"), response.headers

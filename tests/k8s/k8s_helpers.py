@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 from typing import Callable, NamedTuple
+
+from conftest import wait_for
 
 
 REPO_DIR = Path(__file__).resolve().parents[2]
@@ -53,16 +54,12 @@ class Cluster(NamedTuple):
 
 
 def poll(what: str, fn: Callable[[], object], timeout: float = 90, interval: float = 0.5):
-    """Call ``fn`` until it returns something truthy; fail with ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        last = fn()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
-        time.sleep(interval)
+    """:func:`conftest.wait_for` with the Kubernetes tests' defaults: an error in ``fn`` fails
+    at once, and a timeout is a test failure (AssertionError)."""
+    try:
+        return wait_for(fn, timeout, what, interval, retry_errors=False)
+    except TimeoutError as err:
+        raise AssertionError(str(err)) from None
 
 
 def make_namespace(cluster: Cluster, name: str, restricted: bool = True) -> str:

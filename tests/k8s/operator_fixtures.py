@@ -32,8 +32,7 @@ import pytest
 import yaml
 
 # Re-exported fixtures of the main suite (see the module docstring).
-from conftest import exporter_bin, kinesalite, moto  # noqa: F401
-from otlp_helpers import ManagedProcess
+from conftest import ChildProcess, built_binary, child_env, exporter_bin, kinesalite, moto  # noqa: F401
 
 from .k8s_helpers import CHART_DIR, OPERATOR_NAMESPACE, RELEASE, REPO_DIR, Cluster, helm, poll
 from .k8s_helpers import make_namespace as create_namespace
@@ -106,18 +105,14 @@ def token_kubeconfig(path: Path, cluster: Cluster, token: str, user: str) -> Pat
 # --------------------------------------------------------------------------- the operator
 
 
-class OperatorProcess(ManagedProcess):
+class OperatorProcess(ChildProcess):
     """``kinesis-operator`` running locally with a ServiceAccount-token kubeconfig."""
 
-    name = "kinesis-operator"
-
     def __init__(self, binary: Path, kubeconfig: Path, workdir: Path):
+        super().__init__("kinesis-operator", workdir / "operator.log")
         self.binary = binary
         self.kubeconfig = kubeconfig
         self._port: int | None = None
-        self.log_path = workdir / "operator.log"
-        self.proc: subprocess.Popen | None = None
-        self.returncode: int | None = None
 
     @property
     def port(self) -> int:
@@ -136,22 +131,14 @@ class OperatorProcess(ManagedProcess):
                 "--exporter-image", EXPORTER_IMAGE, "--log-format", "json"]
 
     def start(self) -> "OperatorProcess":
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": str(self.log_path.parent),
-            "KUBECONFIG": str(self.kubeconfig),
-            "POD_NAMESPACE": OPERATOR_NAMESPACE,
+        env = child_env(
+            self.log_path.parent,
+            KUBECONFIG=str(self.kubeconfig),
+            POD_NAMESPACE=OPERATOR_NAMESPACE,
             # info, plus the controller's per-object "reconciled" lines (the tests count them).
-            "RUST_LOG": os.environ.get("KEX_OPERATOR_RUST_LOG", "info,kinesis_operator=debug"),
-            "RUST_BACKTRACE": "1",
-        }
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.argv, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        return self
-
-    def log(self, tail: int = 8000) -> str:
-        return self.logs(tail)
+            RUST_LOG=os.environ.get("KEX_OPERATOR_RUST_LOG", "info,kinesis_operator=debug"),
+        )
+        return self.spawn(self.argv, env=env)
 
     def log_size(self) -> int:
         try:
@@ -171,11 +158,6 @@ class OperatorProcess(ManagedProcess):
             except json.JSONDecodeError:
                 continue
         return out
-
-    def check_running(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"kinesis-operator exited with status {self.proc.returncode}; "
-                                 f"log {self.log_path}:\n{self.log()}")
 
     def _get(self, path: str) -> tuple[int, str]:
         try:
@@ -213,11 +195,10 @@ class RunningOperator(NamedTuple):
 
 
 def operator_bin() -> Path:
-    path = Path(os.environ.get("KEX_OPERATOR_BIN") or REPO_DIR / "target" / "debug" / "kinesis-operator")
-    if not (path.is_file() and os.access(path, os.X_OK)):
-        pytest.fail(f"kinesis-operator binary not found at {path}: cargo build --workspace, "
-                    f"or set KEX_OPERATOR_BIN", pytrace=False)
-    return path
+    try:
+        return built_binary("kinesis-operator")
+    except FileNotFoundError as err:
+        pytest.fail(str(err), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -241,7 +222,7 @@ def operator(k8s_cluster: Cluster, chart_release: ChartRelease,
     except AssertionError as err:
         process.kill()
         detail = "" if process.proc.poll() is not None and "exited with status" in str(err) \
-            else f"\n--- operator log ({process.log_path}):\n{process.log()}"
+            else f"\n--- operator log ({process.log_path}):\n{process.logs(8000)}"
         pytest.fail(f"{err}{detail}", pytrace=False)
     yield RunningOperator(process, kubeconfig, username, time.monotonic() - start)
     process.stop()

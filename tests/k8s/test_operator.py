@@ -214,7 +214,7 @@ def test_chart_installs_and_operator_runs_as_its_service_account(
                                     ("get", "secrets", "no"), ("create", "pods", "no")]:
         got = k8s_cluster.kubectl("auth", "can-i", verb, resource, "--as", who, "-A", check=False).stdout.strip()
         assert got == allowed, f"can {sa} {verb} {resource}? {got}, expected {allowed}"
-    log = operator.process.log()
+    log = operator.process.logs(8000)
     assert "reconciling KinesisExporter resources" in log, log
     print(f"helm install --wait: {chart_release.install_seconds:.1f}s; operator ready in {operator.start_seconds:.1f}s")
 

@@ -55,11 +55,11 @@ def bridge_peers(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) 
     try:
         moto, sts = start_moto_server(tmp_path_factory.mktemp("moto-bridge"), real_node.ip)
     except BaseException:
-        kinesalite.stop()
+        kinesalite.stop(check=False)
         raise
     yield BridgePeers(kinesis, sts)
-    moto.stop()
-    kinesalite.stop()
+    moto.stop(check=False)
+    kinesalite.stop(check=False)
 
 
 @pytest.fixture(scope="session")
