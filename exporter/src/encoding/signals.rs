@@ -61,93 +61,155 @@ fn halves<T>(mut items: Vec<T>) -> Option<(Vec<T>, Vec<T>)> {
     Some((items, back))
 }
 
-// ---------------------------------------------------------------- traces
+// ---------------------------------------------------------------- the shape every signal shares
 
-impl Unit for ResourceSpans {
+/// An OTLP resource entry: a resource holds scopes, a scope holds items (spans, metrics, log
+/// records). Splitting and grouping by trace are written once against this shape.
+trait Nested: Clone {
+    type Scope: Clone;
+    type Item;
+    const SIGNAL: Signal;
+
+    fn resource(&self) -> Option<&Resource>;
+    fn scopes(&mut self) -> &mut Vec<Self::Scope>;
+    fn scopes_ref(&self) -> &[Self::Scope];
+    fn items(scope: &mut Self::Scope) -> &mut Vec<Self::Item>;
+    fn items_ref(scope: &Self::Scope) -> &[Self::Item];
+    /// What one item counts as (a metric counts its data points).
+    fn weight(_item: &Self::Item) -> u64 {
+        1
+    }
+    /// Halves one item when it is all that is left (a metric along its data points).
+    fn split_item(_item: Self::Item) -> Option<(Self::Item, Self::Item)> {
+        None
+    }
+    /// The item's trace id, for signals that have one.
+    fn trace_id(item: &Self::Item) -> Option<&[u8]>;
+    /// The whole export request carrying just `resources`.
+    fn request(resources: Vec<Self>, encoding: Encoding) -> Vec<u8>;
+}
+
+impl<R: Nested> Unit for R {
     fn items(&self) -> u64 {
-        self.scope_spans.iter().map(|s| s.spans.len() as u64).sum()
+        self.scopes_ref()
+            .iter()
+            .flat_map(R::items_ref)
+            .map(R::weight)
+            .sum()
     }
 
+    /// Halves along scopes, then along the one scope's items, then the one item.
     fn split(mut self) -> Option<(Self, Self)> {
-        if self.scope_spans.len() > 1 {
-            let (a, b) = halves(std::mem::take(&mut self.scope_spans))?;
+        if self.scopes().len() > 1 {
+            let (a, b) = halves(std::mem::take(self.scopes()))?;
             let mut other = self.clone();
-            self.scope_spans = a;
-            other.scope_spans = b;
+            *self.scopes() = a;
+            *other.scopes() = b;
             return Some((self, other));
         }
-        let mut scope = self.scope_spans.pop()?;
-        let (a, b) = halves(std::mem::take(&mut scope.spans))?;
+        let mut scope = self.scopes().pop()?;
+        let mut items = std::mem::take(R::items(&mut scope));
+        let (a, b) = if items.len() > 1 {
+            halves(items)?
+        } else {
+            let (x, y) = R::split_item(items.pop()?)?;
+            (vec![x], vec![y])
+        };
         let mut other = self.clone();
         let mut other_scope = scope.clone();
-        scope.spans = a;
-        other_scope.spans = b;
-        self.scope_spans = vec![scope];
-        other.scope_spans = vec![other_scope];
+        *R::items(&mut scope) = a;
+        *R::items(&mut other_scope) = b;
+        *self.scopes() = vec![scope];
+        *other.scopes() = vec![other_scope];
         Some((self, other))
     }
 
     fn encode(&self, encoding: Encoding) -> Vec<u8> {
-        encode_message(
-            &ExportTraceServiceRequest {
-                resource_spans: vec![self.clone()],
-            },
-            encoding,
-        )
+        R::request(vec![self.clone()], encoding)
     }
 
     fn signal() -> Signal {
-        Signal::Traces
+        R::SIGNAL
+    }
+}
+
+/// One resource's items regrouped by trace id: one resource (same resource and scopes) per
+/// trace, holding only that trace's items.
+fn by_trace<R: Nested>(mut resource: R) -> BTreeMap<Vec<u8>, R> {
+    let scopes = std::mem::take(resource.scopes());
+    let mut groups: BTreeMap<Vec<u8>, R> = BTreeMap::new();
+    for mut scope in scopes {
+        let items = std::mem::take(R::items(&mut scope));
+        let mut items_by_trace: BTreeMap<Vec<u8>, Vec<R::Item>> = BTreeMap::new();
+        for item in items {
+            let trace_id = R::trace_id(&item).unwrap_or_default().to_vec();
+            items_by_trace.entry(trace_id).or_default().push(item);
+        }
+        for (trace_id, items) in items_by_trace {
+            let mut trace_scope = scope.clone();
+            *R::items(&mut trace_scope) = items;
+            groups
+                .entry(trace_id)
+                .or_insert_with(|| resource.clone())
+                .scopes()
+                .push(trace_scope);
+        }
+    }
+    groups
+}
+
+/// Resources to user records: in trace-id mode (for signals with trace ids) one record per
+/// trace, keyed by it; otherwise one per resource, keyed at random or by a resource attribute.
+fn encode_resources<R: Nested>(resources: Vec<R>, format: &RecordFormat) -> Encoded {
+    let mut out = Encoded::default();
+    for resource in resources {
+        out.items += resource.items();
+        let has_trace_ids = R::SIGNAL != Signal::Metrics;
+        if format.partition_key == PartitionKey::TraceId && has_trace_ids {
+            for (trace_id, unit) in by_trace(resource) {
+                fit(unit, trace_key(&trace_id), format, &mut out);
+            }
+        } else {
+            let key = resource_key(resource.resource(), &format.partition_key);
+            fit(resource, key, format, &mut out);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------- traces
+
+impl Nested for ResourceSpans {
+    type Scope = ScopeSpans;
+    type Item = Span;
+    const SIGNAL: Signal = Signal::Traces;
+
+    fn resource(&self) -> Option<&Resource> {
+        self.resource.as_ref()
+    }
+    fn scopes(&mut self) -> &mut Vec<ScopeSpans> {
+        &mut self.scope_spans
+    }
+    fn scopes_ref(&self) -> &[ScopeSpans] {
+        &self.scope_spans
+    }
+    fn items(scope: &mut ScopeSpans) -> &mut Vec<Span> {
+        &mut scope.spans
+    }
+    fn items_ref(scope: &ScopeSpans) -> &[Span] {
+        &scope.spans
+    }
+    fn trace_id(span: &Span) -> Option<&[u8]> {
+        Some(&span.trace_id)
+    }
+    fn request(resource_spans: Vec<Self>, encoding: Encoding) -> Vec<u8> {
+        encode_message(&ExportTraceServiceRequest { resource_spans }, encoding)
     }
 }
 
 /// Traces to user records. In trace-id mode each record holds the spans of one trace only.
 pub fn traces(request: ExportTraceServiceRequest, format: &RecordFormat) -> Encoded {
-    let mut out = Encoded::default();
-    for resource_spans in request.resource_spans {
-        out.items += resource_spans.items();
-        if format.partition_key != PartitionKey::TraceId {
-            let key = resource_key(resource_spans.resource.as_ref(), &format.partition_key);
-            fit(resource_spans, key, format, &mut out);
-            continue;
-        }
-        let ResourceSpans {
-            resource,
-            scope_spans,
-            schema_url,
-        } = resource_spans;
-        let mut by_trace: BTreeMap<Vec<u8>, Vec<ScopeSpans>> = BTreeMap::new();
-        for scope in scope_spans {
-            let mut spans_by_trace: BTreeMap<Vec<u8>, Vec<Span>> = BTreeMap::new();
-            let ScopeSpans {
-                scope: instrumentation_scope,
-                spans,
-                schema_url: scope_schema_url,
-            } = scope;
-            for span in spans {
-                spans_by_trace
-                    .entry(span.trace_id.clone())
-                    .or_default()
-                    .push(span);
-            }
-            for (trace_id, spans) in spans_by_trace {
-                by_trace.entry(trace_id).or_default().push(ScopeSpans {
-                    scope: instrumentation_scope.clone(),
-                    spans,
-                    schema_url: scope_schema_url.clone(),
-                });
-            }
-        }
-        for (trace_id, scope_spans) in by_trace {
-            let unit = ResourceSpans {
-                resource: resource.clone(),
-                scope_spans,
-                schema_url: schema_url.clone(),
-            };
-            fit(unit, trace_key(&trace_id), format, &mut out);
-        }
-    }
-    out
+    encode_resources(request.resource_spans, format)
 }
 
 // ---------------------------------------------------------------- metrics
@@ -184,152 +246,76 @@ fn split_metric(mut metric: Metric) -> Option<(Metric, Metric)> {
     Some((metric, other))
 }
 
-impl Unit for ResourceMetrics {
-    fn items(&self) -> u64 {
-        self.scope_metrics
-            .iter()
-            .flat_map(|s| &s.metrics)
-            .map(data_points)
-            .sum()
-    }
+impl Nested for ResourceMetrics {
+    type Scope = ScopeMetrics;
+    type Item = Metric;
+    const SIGNAL: Signal = Signal::Metrics;
 
-    fn split(mut self) -> Option<(Self, Self)> {
-        if self.scope_metrics.len() > 1 {
-            let (a, b) = halves(std::mem::take(&mut self.scope_metrics))?;
-            let mut other = self.clone();
-            self.scope_metrics = a;
-            other.scope_metrics = b;
-            return Some((self, other));
-        }
-        let mut scope: ScopeMetrics = self.scope_metrics.pop()?;
-        let (a, b) = if scope.metrics.len() > 1 {
-            halves(std::mem::take(&mut scope.metrics))?
-        } else {
-            let (x, y) = split_metric(scope.metrics.pop()?)?;
-            (vec![x], vec![y])
-        };
-        let mut other = self.clone();
-        let mut other_scope = scope.clone();
-        scope.metrics = a;
-        other_scope.metrics = b;
-        self.scope_metrics = vec![scope];
-        other.scope_metrics = vec![other_scope];
-        Some((self, other))
+    fn resource(&self) -> Option<&Resource> {
+        self.resource.as_ref()
     }
-
-    fn encode(&self, encoding: Encoding) -> Vec<u8> {
-        encode_message(
-            &ExportMetricsServiceRequest {
-                resource_metrics: vec![self.clone()],
-            },
-            encoding,
-        )
+    fn scopes(&mut self) -> &mut Vec<ScopeMetrics> {
+        &mut self.scope_metrics
     }
-
-    fn signal() -> Signal {
-        Signal::Metrics
+    fn scopes_ref(&self) -> &[ScopeMetrics] {
+        &self.scope_metrics
+    }
+    fn items(scope: &mut ScopeMetrics) -> &mut Vec<Metric> {
+        &mut scope.metrics
+    }
+    fn items_ref(scope: &ScopeMetrics) -> &[Metric] {
+        &scope.metrics
+    }
+    fn weight(metric: &Metric) -> u64 {
+        data_points(metric)
+    }
+    fn split_item(metric: Metric) -> Option<(Metric, Metric)> {
+        split_metric(metric)
+    }
+    fn trace_id(_: &Metric) -> Option<&[u8]> {
+        None
+    }
+    fn request(resource_metrics: Vec<Self>, encoding: Encoding) -> Vec<u8> {
+        encode_message(&ExportMetricsServiceRequest { resource_metrics }, encoding)
     }
 }
 
 pub fn metrics(request: ExportMetricsServiceRequest, format: &RecordFormat) -> Encoded {
-    let mut out = Encoded::default();
-    for resource_metrics in request.resource_metrics {
-        out.items += resource_metrics.items();
-        let key = resource_key(resource_metrics.resource.as_ref(), &format.partition_key);
-        fit(resource_metrics, key, format, &mut out);
-    }
-    out
+    encode_resources(request.resource_metrics, format)
 }
 
 // ---------------------------------------------------------------- logs
 
-impl Unit for ResourceLogs {
-    fn items(&self) -> u64 {
-        self.scope_logs
-            .iter()
-            .map(|s| s.log_records.len() as u64)
-            .sum()
-    }
+impl Nested for ResourceLogs {
+    type Scope = ScopeLogs;
+    type Item = LogRecord;
+    const SIGNAL: Signal = Signal::Logs;
 
-    fn split(mut self) -> Option<(Self, Self)> {
-        if self.scope_logs.len() > 1 {
-            let (a, b) = halves(std::mem::take(&mut self.scope_logs))?;
-            let mut other = self.clone();
-            self.scope_logs = a;
-            other.scope_logs = b;
-            return Some((self, other));
-        }
-        let mut scope = self.scope_logs.pop()?;
-        let (a, b) = halves(std::mem::take(&mut scope.log_records))?;
-        let mut other = self.clone();
-        let mut other_scope = scope.clone();
-        scope.log_records = a;
-        other_scope.log_records = b;
-        self.scope_logs = vec![scope];
-        other.scope_logs = vec![other_scope];
-        Some((self, other))
+    fn resource(&self) -> Option<&Resource> {
+        self.resource.as_ref()
     }
-
-    fn encode(&self, encoding: Encoding) -> Vec<u8> {
-        encode_message(
-            &ExportLogsServiceRequest {
-                resource_logs: vec![self.clone()],
-            },
-            encoding,
-        )
+    fn scopes(&mut self) -> &mut Vec<ScopeLogs> {
+        &mut self.scope_logs
     }
-
-    fn signal() -> Signal {
-        Signal::Logs
+    fn scopes_ref(&self) -> &[ScopeLogs] {
+        &self.scope_logs
+    }
+    fn items(scope: &mut ScopeLogs) -> &mut Vec<LogRecord> {
+        &mut scope.log_records
+    }
+    fn items_ref(scope: &ScopeLogs) -> &[LogRecord] {
+        &scope.log_records
+    }
+    fn trace_id(record: &LogRecord) -> Option<&[u8]> {
+        Some(&record.trace_id)
+    }
+    fn request(resource_logs: Vec<Self>, encoding: Encoding) -> Vec<u8> {
+        encode_message(&ExportLogsServiceRequest { resource_logs }, encoding)
     }
 }
 
 /// Logs to user records. In trace-id mode, log records of one trace share a record and key;
 /// those without a trace id are grouped under a random key.
 pub fn logs(request: ExportLogsServiceRequest, format: &RecordFormat) -> Encoded {
-    let mut out = Encoded::default();
-    for resource_logs in request.resource_logs {
-        out.items += resource_logs.items();
-        if format.partition_key != PartitionKey::TraceId {
-            let key = resource_key(resource_logs.resource.as_ref(), &format.partition_key);
-            fit(resource_logs, key, format, &mut out);
-            continue;
-        }
-        let ResourceLogs {
-            resource,
-            scope_logs,
-            schema_url,
-        } = resource_logs;
-        let mut by_trace: BTreeMap<Vec<u8>, Vec<ScopeLogs>> = BTreeMap::new();
-        for scope in scope_logs {
-            let mut records_by_trace: BTreeMap<Vec<u8>, Vec<LogRecord>> = BTreeMap::new();
-            let ScopeLogs {
-                scope: instrumentation_scope,
-                log_records,
-                schema_url: scope_schema_url,
-            } = scope;
-            for record in log_records {
-                records_by_trace
-                    .entry(record.trace_id.clone())
-                    .or_default()
-                    .push(record);
-            }
-            for (trace_id, log_records) in records_by_trace {
-                by_trace.entry(trace_id).or_default().push(ScopeLogs {
-                    scope: instrumentation_scope.clone(),
-                    log_records,
-                    schema_url: scope_schema_url.clone(),
-                });
-            }
-        }
-        for (trace_id, scope_logs) in by_trace {
-            let unit = ResourceLogs {
-                resource: resource.clone(),
-                scope_logs,
-                schema_url: schema_url.clone(),
-            };
-            fit(unit, trace_key(&trace_id), format, &mut out);
-        }
-    }
-    out
+    encode_resources(request.resource_logs, format)
 }
