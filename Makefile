@@ -151,15 +151,18 @@ test-k8s: deps build ## Operator + chart end-to-end tests on a local Kubernetes 
 
 # The images of the release binaries, as OCI layouts that `ctr images import` takes: no Docker
 # engine, no registry. User, entrypoint, ports and paths come from the Dockerfiles' final stage.
-IMAGES_DIR := target/images
-images: ## Release binaries as OCI images (no Docker): target/images/kinesis-{exporter,operator}.tar
+# cargo's target directory: $CARGO_TARGET_DIR when set (CI keeps it outside the work tree, so
+# it survives between runs on one machine), else target/.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+IMAGES_DIR := $(TARGET_DIR)/images
+images: ## Release binaries as OCI images (no Docker): <target dir>/images/kinesis-{exporter,operator}.tar
 	$(call say,cargo build --release (kinesis-exporter, kinesis-operator))
 	@$(CARGO) build --release --locked -p kinesis-exporter -p kinesis-operator --bins
 	$(call say,OCI images into $(IMAGES_DIR) (tests/k8s/oci_image.py))
 	@mkdir -p $(IMAGES_DIR)
 	@for bin in kinesis-exporter kinesis-operator; do \
 	  dir=$${bin#kinesis-}; \
-	  $(PYTHON) tests/k8s/oci_image.py build --dockerfile $$dir/Dockerfile --binary target/release/$$bin \
+	  $(PYTHON) tests/k8s/oci_image.py build --dockerfile $$dir/Dockerfile --binary $(TARGET_DIR)/release/$$bin \
 	    --name $$bin:dev --out $(IMAGES_DIR)/$$bin.tar >/dev/null; \
 	done
 

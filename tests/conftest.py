@@ -555,14 +555,19 @@ def deaggregate_node(records: Iterable[KinesisRecord]) -> list[UserRecord]:
 # --------------------------------------------------------------------------- the exporter
 
 
+def cargo_target_dir() -> Path:
+    """Where cargo builds: $CARGO_TARGET_DIR (CI keeps it outside the work tree), else target/."""
+    return Path(os.environ.get("CARGO_TARGET_DIR") or REPO_DIR / "target")
+
+
 BINARY_OVERRIDES = {"kinesis-exporter": "KINESIS_EXPORTER_BIN", "kinesis-operator": "KEX_OPERATOR_BIN"}
 
 
 def built_binary(name: str) -> Path:
-    """A binary of the workspace: $KINESIS_EXPORTER_BIN / $KEX_OPERATOR_BIN, else
-    target/debug/NAME; raises with how to get it when it is missing."""
+    """A binary of the workspace: $KINESIS_EXPORTER_BIN / $KEX_OPERATOR_BIN, else debug/NAME
+    in cargo's target directory; raises with how to get it when it is missing."""
     variable = BINARY_OVERRIDES[name]
-    path = Path(os.environ.get(variable) or REPO_DIR / "target" / "debug" / name)
+    path = Path(os.environ.get(variable) or cargo_target_dir() / "debug" / name)
     if not (path.is_file() and os.access(path, os.X_OK)):
         raise FileNotFoundError(f"{name} not found at {path}: run `make build` (cargo build "
                                 f"--workspace) or set {variable}")

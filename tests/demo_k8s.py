@@ -146,9 +146,9 @@ def run(stack: contextlib.ExitStack, workdir: Path, state: Path) -> bool:
     node = platform.node_up(cluster)
     step("kubectl get nodes -o wide (kwok's two fake nodes, and the real one)")
     indent(cluster.kubectl("get", "nodes", "-o", "wide").stdout)
-    step("importing the images built from the release binaries (target/images) into containerd")
+    step("importing the images built from the release binaries (make images) into containerd")
     for name, tar in platform.load_images().items():
-        print(f"    {name} <- {tar.relative_to(REPO_DIR)} ({tar.stat().st_size / 1e6:.1f} MB)")
+        print(f"    {name} <- {tar} ({tar.stat().st_size / 1e6:.1f} MB)")
 
     step(f"starting kinesalite (Kinesis) and moto (STS) on the node's bridge address {node.ip}")
     (workdir / "kinesalite").mkdir()

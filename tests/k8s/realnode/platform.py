@@ -14,11 +14,12 @@ from typing import NamedTuple
 
 import yaml
 
+from conftest import cargo_target_dir
+
 from ..k8s_helpers import (
     CHART_DIR,
     OPERATOR_NAMESPACE,
     RELEASE,
-    REPO_DIR,
     Cluster,
     apply,
     helm,
@@ -28,7 +29,7 @@ from ..k8s_helpers import (
 )
 
 NODE_SH = Path(__file__).resolve().parents[1] / "node.sh"
-IMAGES_DIR = REPO_DIR / "target" / "images"
+IMAGES_DIR = cargo_target_dir() / "images"
 EXPORTER_IMAGE = "kinesis-exporter:dev"
 OPERATOR_IMAGE = "kinesis-operator:dev"
 
