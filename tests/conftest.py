@@ -20,7 +20,6 @@ import os
 import re
 import select
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -82,13 +81,6 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
             detail = f": last error {last_error!r}" if last_error else f"; last: {last!r}"
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}{detail}")
         time.sleep(interval)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- peer processes
@@ -236,14 +228,21 @@ def moto_server_path() -> Path:
 
 
 def start_moto_server(workdir: Path, host: str = "127.0.0.1") -> tuple[ChildProcess, str]:
-    """Starts moto_server on a free port of ``host`` with its call recorder writing into
-    ``workdir``; returns the peer (stop it) and its endpoint URL once it answers."""
-    port = free_port(host)
+    """Starts moto_server on ``host``, on a port the OS picks (werkzeug logs the one it bound),
+    with its call recorder writing into ``workdir``; returns the peer (stop it with
+    ``stop(check=False)``) and its endpoint URL once it answers."""
     env = child_env(workdir, MOTO_RECORDER_FILEPATH=str(workdir / "recording.jsonl"))
     peer = ChildProcess("moto_server", workdir / "moto.log").spawn(
-        [str(moto_server_path()), "-H", host, "-p", str(port)], env=env, cwd=workdir)
-    endpoint = f"http://{host}:{port}"
+        [str(moto_server_path()), "-H", host, "-p", "0"], env=env, cwd=workdir)
+    bound = re.compile(r"Running on http://" + re.escape(host) + r":(\d+)")
+
+    def logged_port() -> int | None:
+        peer.check_running()
+        match = bound.search(peer.logs())
+        return int(match.group(1)) if match else None
     try:
+        port = wait_for(logged_port, PEER_START_TIMEOUT, "moto_server to log the port it bound")
+        endpoint = f"http://{host}:{port}"
         wait_for(lambda: peer.check_running() or _answers_http(f"{endpoint}/moto-api/data.json"),
                  PEER_START_TIMEOUT, "moto_server to answer /moto-api/data.json")
     except BaseException:
