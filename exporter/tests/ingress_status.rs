@@ -338,6 +338,41 @@ async fn what_can_never_fit_is_reported_in_partial_success() {
     assert_eq!(kept.resource_spans[0].scope_spans[0].spans[0].name, "fits");
 }
 
+/// A span whose ids have the wrong length is refused in partial_success with the reason (it
+/// was answered OK and then dropped as an invalid partition key before); the rest is stored.
+#[tokio::test]
+async fn ids_of_the_wrong_length_are_refused_in_partial_success() {
+    let running = Running::start(stores, "", "").await;
+    let mut request = trace_request("valid", 10);
+    let mut bad = trace_request("two-byte-trace-id", 10);
+    bad.resource_spans[0].scope_spans[0].spans[0].trace_id = vec![1, 2];
+    request.resource_spans.extend(bad.resource_spans);
+    let answer = running
+        .post(
+            "/v1/traces",
+            "application/x-protobuf",
+            request.encode_to_vec(),
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    let partial = ExportTraceServiceResponse::decode(answer.body)
+        .unwrap()
+        .partial_success
+        .expect("partial_success");
+    assert_eq!(partial.rejected_spans, 1);
+    assert!(
+        partial
+            .error_message
+            .contains("trace_id must be 16 bytes, got 2"),
+        "{}",
+        partial.error_message
+    );
+    let stored = running.stop().await.stored();
+    assert_eq!(stored.len(), 1);
+    let kept = ExportTraceServiceRequest::decode(stored[0].data.as_slice()).unwrap();
+    assert_eq!(kept.resource_spans[0].scope_spans[0].spans[0].name, "valid");
+}
+
 #[tokio::test]
 async fn a_full_backlog_answers_retry_later_never_ok() {
     let running = Running::start(

@@ -52,6 +52,23 @@ fn trace_key(trace_id: &[u8]) -> String {
     }
 }
 
+/// OTLP ids have fixed lengths: a trace id 16 bytes, a span id 8 (log records may omit both).
+fn id_length_error(
+    what: &str,
+    field: &str,
+    id: &[u8],
+    len: usize,
+    optional: bool,
+) -> Option<String> {
+    if id.len() == len || (optional && id.is_empty()) {
+        return None;
+    }
+    Some(format!(
+        "a {what}'s {field} must be {len} bytes, got {}",
+        id.len()
+    ))
+}
+
 /// Cuts a list in two halves; `None` when it has fewer than two elements.
 fn halves<T>(mut items: Vec<T>) -> Option<(Vec<T>, Vec<T>)> {
     if items.len() < 2 {
@@ -85,6 +102,10 @@ trait Nested: Clone {
     }
     /// The item's trace id, for signals that have one.
     fn trace_id(item: &Self::Item) -> Option<&[u8]>;
+    /// Why the item can never be stored as OTLP (an id of the wrong length), if it cannot.
+    fn invalid(_item: &Self::Item) -> Option<String> {
+        None
+    }
     /// The whole export request carrying just `resources`.
     fn request(resources: Vec<Self>, encoding: Encoding) -> Vec<u8>;
 }
@@ -158,12 +179,28 @@ fn by_trace<R: Nested>(mut resource: R) -> BTreeMap<Vec<u8>, R> {
     groups
 }
 
+/// Takes out the items that can never be stored (refused in the answer's partial_success,
+/// never acknowledged and then dropped).
+fn refuse_invalid<R: Nested>(resource: &mut R, out: &mut Encoded) {
+    for scope in resource.scopes() {
+        R::items(scope).retain(|item| match R::invalid(item) {
+            None => true,
+            Some(reason) => {
+                out.rejected += R::weight(item);
+                out.rejection = Some(reason);
+                false
+            }
+        });
+    }
+}
+
 /// Resources to user records: in trace-id mode (for signals with trace ids) one record per
 /// trace, keyed by it; otherwise one per resource, keyed at random or by a resource attribute.
 fn encode_resources<R: Nested>(resources: Vec<R>, format: &RecordFormat) -> Encoded {
     let mut out = Encoded::default();
-    for resource in resources {
+    for mut resource in resources {
         out.items += resource.items();
+        refuse_invalid(&mut resource, &mut out);
         let has_trace_ids = R::SIGNAL != Signal::Metrics;
         if format.partition_key == PartitionKey::TraceId && has_trace_ids {
             for (trace_id, unit) in by_trace(resource) {
@@ -201,6 +238,10 @@ impl Nested for ResourceSpans {
     }
     fn trace_id(span: &Span) -> Option<&[u8]> {
         Some(&span.trace_id)
+    }
+    fn invalid(span: &Span) -> Option<String> {
+        id_length_error("span", "trace_id", &span.trace_id, 16, false)
+            .or_else(|| id_length_error("span", "span_id", &span.span_id, 8, false))
     }
     fn request(resource_spans: Vec<Self>, encoding: Encoding) -> Vec<u8> {
         encode_message(&ExportTraceServiceRequest { resource_spans }, encoding)
@@ -308,6 +349,10 @@ impl Nested for ResourceLogs {
     }
     fn trace_id(record: &LogRecord) -> Option<&[u8]> {
         Some(&record.trace_id)
+    }
+    fn invalid(record: &LogRecord) -> Option<String> {
+        id_length_error("log record", "trace_id", &record.trace_id, 16, true)
+            .or_else(|| id_length_error("log record", "span_id", &record.span_id, 8, true))
     }
     fn request(resource_logs: Vec<Self>, encoding: Encoding) -> Vec<u8> {
         encode_message(&ExportLogsServiceRequest { resource_logs }, encoding)

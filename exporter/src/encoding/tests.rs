@@ -263,3 +263,68 @@ fn json_encoding_and_compression_round_trip() {
         assert_eq!(back, request);
     }
 }
+
+/// Ids of the wrong length can never be stored as OTLP (a 200-byte trace id would also make a
+/// partition key longer than Kinesis allows): refused up front with a reason, never
+/// acknowledged and dropped later. Log records may omit their ids.
+#[test]
+fn items_with_ids_of_the_wrong_length_are_refused_with_a_reason() {
+    let mut short = span(3, 3, 0);
+    short.trace_id = vec![3; 2];
+    let mut long = span(4, 4, 0);
+    long.trace_id = vec![4; 200];
+    let mut bad_span_id = span(5, 5, 0);
+    bad_span_id.span_id = vec![5; 3];
+    for key in [PartitionKey::TraceId, PartitionKey::Random] {
+        let request = trace_request(&[(
+            "a",
+            vec![
+                span(1, 1, 0),
+                short.clone(),
+                long.clone(),
+                bad_span_id.clone(),
+            ],
+        )]);
+        let out = traces(request, &format(key.clone()));
+        assert_eq!(out.items, 4);
+        assert_eq!(out.rejected, 3, "{key:?}");
+        let reason = out.rejection.expect("a reason");
+        assert!(reason.contains("must be"), "{reason}");
+        let kept: Vec<_> = out
+            .records
+            .iter()
+            .flat_map(|r| span_ids(&decode_traces(r)))
+            .collect();
+        assert_eq!(
+            kept,
+            vec![vec![1u8; 8]],
+            "{key:?}: only the valid span is kept"
+        );
+    }
+
+    let log = |trace_id: Vec<u8>, span_id: Vec<u8>| LogRecord {
+        trace_id,
+        span_id,
+        ..Default::default()
+    };
+    let request = ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![
+                    log(vec![], vec![]),
+                    log(vec![1; 16], vec![1; 8]),
+                    log(vec![1; 5], vec![]),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let out = logs(request, &format(PartitionKey::TraceId));
+    assert_eq!((out.items, out.rejected), (3, 1));
+    assert!(
+        out.rejection
+            .unwrap()
+            .contains("trace_id must be 16 bytes, got 5")
+    );
+}
