@@ -532,3 +532,51 @@ fn every_integer_setting_accepts_exactly_its_range() {
         }
     }
 }
+
+/// Deep nesting is refused by a linear scan before the YAML parser sees it (the parser took a
+/// minute for 100k levels), and a file over the size bound is refused outright; quotes and
+/// comments do not count, and real files pass.
+#[test]
+fn deep_nesting_and_huge_files_are_refused_before_parsing() {
+    let deep = format!(
+        "exporters:\n  kinesis:\n    aws: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
+    let errors = Config::from_yaml(&deep).unwrap_err().0;
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].key, "(file)");
+    assert!(
+        errors[0].rule.contains("deeper than 64 levels (line 3)"),
+        "{}",
+        errors[0]
+    );
+
+    let at_limit = format!(
+        "exporters:\n  kinesis: {{}}\nx: {}{}\n",
+        "[".repeat(64),
+        "]".repeat(64)
+    );
+    let rule = Config::from_yaml(&at_limit).unwrap_err().0[0].rule.clone();
+    assert_eq!(
+        rule, "is not a known key",
+        "64 levels pass the scan and reach the validator"
+    );
+
+    let quoted = "exporters:\n  kinesis:\n    partition_key: {traces: \"[[[[\", logs: '{{{{'} # {{{{\n";
+    let quoted = quoted
+        .replace("[[[[", &"[".repeat(100))
+        .replace("{{{{", &"{".repeat(100));
+    assert!(
+        Config::from_yaml(&quoted).is_ok(),
+        "brackets in strings and comments do not count"
+    );
+
+    let huge = format!(
+        "exporters:\n  kinesis: {{}}\n#{}\n",
+        "x".repeat(1024 * 1024)
+    );
+    let rule = Config::from_yaml(&huge).unwrap_err().0[0].rule.clone();
+    assert!(rule.contains("at most 1048576"), "{rule}");
+    assert!(Config::from_yaml(SEED_EXAMPLE).is_ok());
+}

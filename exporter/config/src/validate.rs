@@ -8,7 +8,21 @@ use serde_yaml_ng::{Mapping, Value};
 
 use super::*;
 
+/// Largest configuration file accepted; a real one is a few kilobytes.
+pub(super) const MAX_FILE_BYTES: usize = 1024 * 1024;
+/// Deepest `[`/`{` nesting accepted; a real file needs three or four levels. The YAML parser's
+/// own recursion limit only fires after a slow pass over the whole input (a minute for 100k
+/// levels), so deeper input is refused by a linear scan first.
+pub(super) const MAX_FLOW_NESTING: usize = 64;
+
 pub(super) fn load(text: &str) -> Result<Config, ConfigErrors> {
+    if let Err(rule) = check_shape(text) {
+        return Err(ConfigErrors(vec![ConfigError {
+            key: "(file)".into(),
+            value: None,
+            rule,
+        }]));
+    }
     let root: Value = match serde_yaml_ng::from_str(text) {
         Ok(v) => v,
         Err(e) => {
@@ -26,6 +40,48 @@ pub(super) fn load(text: &str) -> Result<Config, ConfigErrors> {
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// Size and flow-nesting bounds, in one pass over the text. Quoted strings and comments are
+/// skipped; a quote inside a plain scalar can only make the count lower, never refuse a file
+/// the parser would take.
+fn check_shape(text: &str) -> Result<(), String> {
+    if text.len() > MAX_FILE_BYTES {
+        return Err(format!(
+            "is {} bytes; a configuration file may have at most {MAX_FILE_BYTES}",
+            text.len()
+        ));
+    }
+    let (mut depth, mut line) = (0usize, 1usize);
+    let mut quote: Option<char> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (_, '\n') => {
+                line += 1;
+                if quote == Some('#') {
+                    quote = None;
+                }
+            }
+            (Some('"'), '\\') => {
+                chars.next();
+            }
+            (Some(q), c) if q == c && q != '#' => quote = None,
+            (Some(_), _) => {}
+            (None, '\'' | '"' | '#') => quote = Some(c),
+            (None, '[' | '{') => {
+                depth += 1;
+                if depth > MAX_FLOW_NESTING {
+                    return Err(format!(
+                        "nests [ and {{ deeper than {MAX_FLOW_NESTING} levels (line {line})"
+                    ));
+                }
+            }
+            (None, ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// The keys of one mapping, consumed one by one; what is left over is unknown.
