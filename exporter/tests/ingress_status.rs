@@ -20,6 +20,7 @@ use hyper_util::rt::TokioExecutor;
 use kinesis_exporter::aws::SdkKinesis;
 use kinesis_exporter::config::Config;
 use kinesis_exporter::kpl::KinesisApi;
+use kinesis_exporter::kpl::aggregator::deaggregate;
 use kinesis_exporter::server::{self, BoundAddresses, Listeners, ShutdownTimeouts};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -41,33 +42,48 @@ struct Running {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// A Kinesis client of the real SDK aimed at `standin`.
+async fn client_for(standin: &StandIn) -> Arc<dyn KinesisApi> {
+    let sdk = aws_config::defaults(kinesis_exporter::aws::behavior_version())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
+        .load()
+        .await;
+    Arc::new(SdkKinesis::new(
+        &sdk,
+        Some(&standin.url()),
+        Duration::from_secs(600),
+    ))
+}
+
+const LISTENERS: &str = "receivers:\n  otlp:\n    protocols:\n      \
+       grpc: {endpoint: '127.0.0.1:0', max_recv_msg_size_mib: 1}\n      \
+       http: {endpoint: '127.0.0.1:0', max_request_body_size: 65536}\n";
+
 impl Running {
     /// Starts the exporter with only a traces pipeline; `kpl` and `exporter` are extra YAML
     /// lines for `exporters.kinesis.kpl` and `exporters.kinesis`.
     async fn start(reply: fn(&[Entry]) -> Reply, kpl: &str, exporter: &str) -> Running {
         let standin = StandIn::start(move |_, entries| reply(entries)).await;
         let yaml = format!(
-            "receivers:\n  otlp:\n    protocols:\n      \
-               grpc: {{endpoint: '127.0.0.1:0', max_recv_msg_size_mib: 1}}\n      \
-               http: {{endpoint: '127.0.0.1:0', max_request_body_size: 65536}}\n\
-             exporters:\n  kinesis:\n    \
+            "{LISTENERS}exporters:\n  kinesis:\n    \
                aws: {{stream_name: s, region: us-east-1, kinesis_endpoint: '{}'}}\n    \
                kpl: {{flush_interval_seconds: 1, {kpl}}}\n    {exporter}\n\
              service:\n  pipelines:\n    traces: {{receivers: [otlp], exporters: [kinesis]}}\n  \
                telemetry: {{metrics: {{address: '127.0.0.1:0'}}}}\n",
             standin.url()
         );
-        let config = Config::from_yaml(&yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
-        let sdk = aws_config::defaults(kinesis_exporter::aws::behavior_version())
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
-            .load()
-            .await;
-        let client: Arc<dyn KinesisApi> = Arc::new(SdkKinesis::new(
-            &sdk,
-            Some(&standin.url()),
-            Duration::from_secs(600),
-        ));
+        let clients = HashMap::from([("kinesis".to_string(), client_for(&standin).await)]);
+        Running::serve(&yaml, clients, standin).await
+    }
+
+    /// Serves `yaml` in process with `clients`; `standin` is what `stop` hands back.
+    async fn serve(
+        yaml: &str,
+        clients: HashMap<String, Arc<dyn KinesisApi>>,
+        standin: StandIn,
+    ) -> Running {
+        let config = Config::from_yaml(yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));
         let listeners = Listeners::bind(&config).await.unwrap();
         let addresses = listeners.local_addresses().unwrap();
         assert_ne!(
@@ -77,7 +93,6 @@ impl Running {
         );
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let clients = HashMap::from([("kinesis".to_string(), client)]);
             let timeouts = ShutdownTimeouts {
                 total: Duration::from_secs(3),
                 drain: Duration::from_secs(1),
@@ -405,4 +420,105 @@ async fn a_full_backlog_answers_retry_later_never_ok() {
         .await;
     assert_eq!(code, UNAVAILABLE, "{message}");
     running.stop().await;
+}
+
+/// More records than the whole backlog holds can never be admitted at once: refused whole with
+/// a reason that names the bound (HTTP 413, gRPC RESOURCE_EXHAUSTED), nothing queued.
+#[tokio::test]
+async fn a_request_larger_than_the_backlog_is_refused_whole() {
+    let running = Running::start(stores, "backlog_count: 2", "").await;
+    let mut request = trace_request("a", 10);
+    for (i, name) in ["b", "c"].into_iter().enumerate() {
+        let mut more = trace_request(name, 10);
+        more.resource_spans[0].scope_spans[0].spans[0].trace_id = vec![i as u8 + 1; 16];
+        request.resource_spans.extend(more.resource_spans);
+    }
+    let answer = running
+        .post(
+            "/v1/traces",
+            "application/x-protobuf",
+            request.encode_to_vec(),
+        )
+        .await;
+    assert_eq!(answer.status, 413);
+    let (code, message) = google_rpc_status(&answer.body);
+    assert_eq!(code, RESOURCE_EXHAUSTED);
+    assert!(message.contains("kpl.backlog_count 2"), "{message}");
+    let (code, message, _) = running.grpc(TRACES, request.encode_to_vec()).await;
+    assert_eq!(code, RESOURCE_EXHAUSTED, "{message}");
+    assert!(
+        running.stop().await.stored().is_empty(),
+        "nothing of it was queued"
+    );
+}
+
+/// With two routes for traces, one of them stalled, a request is admitted by both or by none:
+/// the route that could take it stores exactly the requests answered OK, never part of one the
+/// client was told to retry.
+#[tokio::test]
+async fn a_request_is_admitted_by_every_route_or_by_none() {
+    let fast = StandIn::start(|_, entries| stores(entries)).await;
+    let stalled = StandIn::start(|_, entries| stalls(entries)).await;
+    let yaml = format!(
+        "{LISTENERS}exporters:\n  \
+           kinesis/fast:\n    aws: {{stream_name: s, kinesis_endpoint: '{}'}}\n    \
+             kpl: {{flush_interval_seconds: 1}}\n    enqueue_timeout_seconds: 0\n  \
+           kinesis/stalled:\n    aws: {{stream_name: s, kinesis_endpoint: '{}'}}\n    \
+             kpl: {{backlog_count: 1, max_connections: 1, batch_count: 1, aggregate_batch_count: 1}}\n    \
+             enqueue_timeout_seconds: 0\n\
+         service:\n  pipelines:\n    \
+           traces: {{receivers: [otlp], exporters: [kinesis/fast, kinesis/stalled]}}\n  \
+           telemetry: {{metrics: {{address: '127.0.0.1:0'}}}}\n",
+        fast.url(),
+        stalled.url()
+    );
+    let clients = HashMap::from([
+        ("kinesis/fast".to_string(), client_for(&fast).await),
+        ("kinesis/stalled".to_string(), client_for(&stalled).await),
+    ]);
+    let running = Running::serve(&yaml, clients, fast).await;
+    let mut acknowledged = Vec::new();
+    let mut refused = None;
+    for i in 0..50 {
+        let name = format!("req-{i}");
+        let answer = running
+            .post(
+                "/v1/traces",
+                "application/x-protobuf",
+                trace_request(&name, 10).encode_to_vec(),
+            )
+            .await;
+        match answer.status {
+            200 => acknowledged.push(name),
+            503 => {
+                refused = Some(name);
+                break;
+            }
+            other => panic!("request {i}: {other}"),
+        }
+    }
+    let refused = refused.expect("the stalled route fills up and refuses");
+    // Every user record, whether it went out raw or inside a KPL aggregate.
+    let mut stored: Vec<String> = Vec::new();
+    for entry in running.stop().await.stored() {
+        let users = match deaggregate(&entry.data) {
+            Ok(subs) => subs.into_iter().map(|(_, _, data)| data.to_vec()).collect(),
+            Err(_) => vec![entry.data],
+        };
+        for data in users {
+            let request = ExportTraceServiceRequest::decode(data.as_slice()).unwrap();
+            stored.push(
+                request.resource_spans[0].scope_spans[0].spans[0]
+                    .name
+                    .clone(),
+            );
+        }
+    }
+    stored.sort();
+    acknowledged.sort();
+    assert_eq!(
+        stored, acknowledged,
+        "the fast route stored exactly what was acknowledged"
+    );
+    assert!(!stored.contains(&refused));
 }

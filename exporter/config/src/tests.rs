@@ -563,7 +563,8 @@ fn deep_nesting_and_huge_files_are_refused_before_parsing() {
         "64 levels pass the scan and reach the validator"
     );
 
-    let quoted = "exporters:\n  kinesis:\n    partition_key: {traces: \"[[[[\", logs: '{{{{'} # {{{{\n";
+    let quoted =
+        "exporters:\n  kinesis:\n    partition_key: {traces: \"[[[[\", logs: '{{{{'} # {{{{\n";
     let quoted = quoted
         .replace("[[[[", &"[".repeat(100))
         .replace("{{{{", &"{".repeat(100));

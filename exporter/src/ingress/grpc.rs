@@ -76,6 +76,10 @@ async fn unary<S: OtlpSignal>(State(state): State<GrpcState>, request: Request) 
                     ingress.metrics.request(signal, "grpc", "not_routed");
                     Err(Status::unimplemented(e.to_string()))
                 }
+                Err(e @ ExportError::TooLarge { .. }) => {
+                    ingress.metrics.request(signal, "grpc", "too_large");
+                    Err(Status::resource_exhausted(e.to_string()))
+                }
                 Err(e) => {
                     ingress.metrics.request(signal, "grpc", "unavailable");
                     Err(Status::unavailable(e.to_string()))

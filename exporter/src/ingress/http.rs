@@ -126,6 +126,10 @@ async fn handle<S: OtlpSignal>(
         Err(e @ ExportError::NotRouted(_)) => {
             (StatusCode::NOT_FOUND, e.to_string()).into_response()
         }
+        Err(e @ ExportError::TooLarge { .. }) => {
+            ingress.metrics.request(signal, "http", "too_large");
+            error(format, StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
     }
 }
 

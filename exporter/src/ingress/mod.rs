@@ -37,6 +37,17 @@ pub enum ExportError {
     Busy(String),
     #[error("the exporter is shutting down")]
     ShuttingDown,
+    /// The request makes more records than the exporter's whole backlog: it can never be
+    /// admitted whole (raise kpl.backlog_count, or send smaller requests).
+    #[error(
+        "the request makes {records} records for exporter {exporter}, more than its whole \
+         backlog (kpl.backlog_count {backlog}); send smaller requests"
+    )]
+    TooLarge {
+        exporter: String,
+        records: usize,
+        backlog: usize,
+    },
 }
 
 /// What was taken: the items that were refused for good, and why.
@@ -130,6 +141,10 @@ impl Ingress {
             protocol,
         };
         let mut accepted = Accepted::default();
+        // Encode for every route first, then reserve room in every route's backlog, and only
+        // then queue anything: a request is admitted whole or refused whole, so a client's
+        // retry of a refused request never duplicates part of it.
+        let mut batches = Vec::with_capacity(routes.len());
         for (i, route) in routes.iter().enumerate() {
             let encoded = encode(request.clone(), &route.format);
             if i == 0 {
@@ -144,7 +159,7 @@ impl Ingress {
                     signal = signal.as_str(),
                     items = encoded.rejected,
                     reason = encoded.rejection.as_deref().unwrap_or(""),
-                    "rejecting items that fit no Kinesis record"
+                    "rejecting items that can never be stored"
                 );
                 self.metrics
                     .items_rejected
@@ -153,16 +168,31 @@ impl Ingress {
                 accepted.rejected = accepted.rejected.max(encoded.rejected);
                 accepted.message = encoded.rejection.clone();
             }
-            match route
-                .producer
-                .put_all(encoded.records, route.enqueue_timeout)
-                .await
-            {
-                Ok(_invalid) => {}
-                Err(PutError::Full(_)) => return Err(ExportError::Busy(route.exporter.clone())),
+            batches.push(route.producer.without_invalid(encoded.records));
+        }
+        let deadline = routes
+            .iter()
+            .map(|r| r.enqueue_timeout)
+            .min()
+            .map(|wait| tokio::time::Instant::now() + wait)
+            .unwrap_or_else(tokio::time::Instant::now);
+        let mut reserved = Vec::with_capacity(routes.len());
+        for (route, records) in routes.iter().zip(&batches) {
+            match route.producer.reserve(records.len(), deadline).await {
+                Ok(room) => reserved.push(room),
                 Err(PutError::Closed) => return Err(ExportError::ShuttingDown),
-                Err(PutError::Invalid(_)) => unreachable!("put_all skips invalid records"),
+                Err(PutError::LargerThanBacklog { records, backlog }) => {
+                    return Err(ExportError::TooLarge {
+                        exporter: route.exporter.clone(),
+                        records,
+                        backlog,
+                    });
+                }
+                Err(_) => return Err(ExportError::Busy(route.exporter.clone())),
             }
+        }
+        for (room, records) in reserved.into_iter().zip(batches) {
+            room.admit(records);
         }
         Ok(accepted)
     }

@@ -17,7 +17,7 @@ pub mod shard_map;
 pub use backoff::{delay as backoff_delay, jittered_delay};
 pub use client::{EntryResult, KinesisApi, RequestError};
 pub use metrics::ProducerMetrics;
-pub use producer::{Producer, ProducerConfig, ProducerHandle, PutError, ShutdownReport};
+pub use producer::{Producer, ProducerConfig, ProducerHandle, PutError, Reserved, ShutdownReport};
 pub use record::{InvalidRecord, KinesisRecord, UserRecord, partition_key_hash};
 
 /// Every reason a user record can be dropped for, as the metric labels them.

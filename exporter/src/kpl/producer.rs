@@ -66,6 +66,34 @@ pub enum PutError {
     Full(UserRecord),
     #[error("the producer is shutting down")]
     Closed,
+    /// No room for a whole reservation before the deadline.
+    #[error("the producer's backlog has no room for {0} records")]
+    NoRoom(usize),
+    /// More records than the whole backlog holds: they can never be admitted at once.
+    #[error("{records} records are more than the whole backlog ({backlog}) holds")]
+    LargerThanBacklog { records: usize, backlog: usize },
+}
+
+/// Room reserved in a producer's backlog; nothing is queued until [`Reserved::admit`], and
+/// dropping it gives the room back.
+pub struct Reserved<'a> {
+    permits: Option<tokio::sync::mpsc::PermitIterator<'a, UserRecord>>,
+    metrics: &'a ProducerMetrics,
+}
+
+impl Reserved<'_> {
+    /// Queues `records`, exactly as many as were reserved.
+    pub fn admit(self, records: Vec<UserRecord>) {
+        self.metrics
+            .user_records_received
+            .inc_by(records.len() as u64);
+        if let Some(permits) = self.permits {
+            debug_assert_eq!(permits.len(), records.len(), "admit what was reserved");
+            for (permit, record) in permits.zip(records) {
+                permit.send(record);
+            }
+        }
+    }
 }
 
 /// The cheap, cloneable side that callers put records through.
@@ -95,41 +123,42 @@ impl ProducerHandle {
         Ok(())
     }
 
-    /// Puts a group of records, waiting at most `wait` for room for them. Room is reserved for
-    /// a whole chunk (up to the backlog's capacity) before any of it is sent, so a request
-    /// normally goes in entirely or not at all. Invalid records are refused, counted as
-    /// dropped and skipped; their number is returned. On `Full` the records not yet handed
-    /// over are not counted anywhere: the caller still has them and must say so.
-    pub async fn put_all(
+    /// Reserves room for `n` records, waiting until `deadline` at most. Callers that must admit
+    /// several batches all or nothing reserve each first and admit only when all succeeded.
+    pub async fn reserve(
         &self,
-        records: Vec<UserRecord>,
-        wait: Duration,
-    ) -> Result<usize, PutError> {
-        let before = records.len();
-        let valid: Vec<UserRecord> = records
+        n: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<Reserved<'_>, PutError> {
+        let metrics = self.metrics.as_ref();
+        if n == 0 {
+            return Ok(Reserved {
+                permits: None,
+                metrics,
+            });
+        }
+        if n > self.tx.max_capacity() {
+            return Err(PutError::LargerThanBacklog {
+                records: n,
+                backlog: self.tx.max_capacity(),
+            });
+        }
+        match tokio::time::timeout_at(deadline, self.tx.reserve_many(n)).await {
+            Ok(Ok(permits)) => Ok(Reserved {
+                permits: Some(permits),
+                metrics,
+            }),
+            Ok(Err(_)) => Err(PutError::Closed),
+            Err(_) => Err(PutError::NoRoom(n)),
+        }
+    }
+
+    /// Takes out the records Kinesis could never take (each counted and logged as a drop).
+    pub fn without_invalid(&self, records: Vec<UserRecord>) -> Vec<UserRecord> {
+        records
             .into_iter()
             .filter(|r| self.refuse_invalid(r).is_ok())
-            .collect();
-        let invalid = before - valid.len();
-        let deadline = tokio::time::Instant::now() + wait;
-        let mut records = valid.into_iter().peekable();
-        while records.peek().is_some() {
-            let chunk: Vec<UserRecord> = records.by_ref().take(self.tx.max_capacity()).collect();
-            let reserved =
-                tokio::time::timeout_at(deadline, self.tx.reserve_many(chunk.len())).await;
-            let permits = match reserved {
-                Ok(Ok(permits)) => permits,
-                Ok(Err(_)) => return Err(PutError::Closed),
-                Err(_) => return Err(PutError::Full(chunk.into_iter().next().expect("non-empty"))),
-            };
-            self.metrics
-                .user_records_received
-                .inc_by(chunk.len() as u64);
-            for (permit, record) in permits.zip(chunk) {
-                permit.send(record);
-            }
-        }
-        Ok(invalid)
+            .collect()
     }
 
     /// Refuses a record Kinesis could never take; that refusal is counted as a drop.
