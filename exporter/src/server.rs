@@ -241,7 +241,11 @@ mod tests {
             "the seed's 1000, split at 500"
         );
         assert_eq!(producer.aggregate_max_bytes, 51_200);
-        assert_eq!(producer.flush_interval, Duration::from_secs(5));
+        assert_eq!(
+            producer.flush_interval,
+            Duration::from_millis(100),
+            "the linger"
+        );
         kpl.batch_count = 200;
         kpl.max_retries = 3;
         let producer = producer_config("s", &kpl);

@@ -67,6 +67,7 @@ async fn retries_back_off_exponentially_with_jitter_up_to_the_cap() {
         max_retries: 10,
         max_backoff_seconds: 2,
         flush_interval_seconds: 3600,
+        linger_ms: 3_600_000,
         ..KplConfig::default()
     };
     let config = kinesis_exporter::server::producer_config("stream", &kpl);
@@ -94,4 +95,34 @@ async fn retries_back_off_exponentially_with_jitter_up_to_the_cap() {
     }
     assert_eq!(metrics.user_records_delivered.get(), 1);
     assert_eq!(metrics.retried("ProvisionedThroughputExceededException"), 8);
+}
+
+/// A lone record is sent after the linger (100 ms by default), not after the seed's
+/// flush_interval_seconds (5 s): the last spans of a burst arrive in well under a second.
+#[tokio::test(start_paused = true)]
+async fn a_partial_batch_is_sent_after_the_linger() {
+    let client = Arc::new(Throttled {
+        failures: 0,
+        calls: Mutex::default(),
+    });
+    let kpl = KplConfig::default();
+    assert_eq!((kpl.linger_ms, kpl.flush_interval_seconds), (100, 5));
+    let config = kinesis_exporter::server::producer_config("stream", &kpl);
+    let producer = Producer::start(config, client.clone(), Arc::new(ProducerMetrics::default()));
+    tokio::time::sleep(Duration::from_secs(1)).await; // past start-up (the shard map)
+    let put_at = Instant::now();
+    producer
+        .handle()
+        .put(UserRecord::new("k", b"x".to_vec()))
+        .await
+        .unwrap();
+    while client.calls.lock().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let waited = client.calls.lock().unwrap()[0] - put_at;
+    assert!(
+        waited <= Duration::from_millis(100),
+        "sent after {waited:?}"
+    );
+    producer.shutdown(Duration::from_secs(10)).await;
 }

@@ -24,6 +24,7 @@ const THROTTLED: &str = "ProvisionedThroughputExceededException";
 fn producer_config(tweak: impl FnOnce(&mut KplConfig)) -> ProducerConfig {
     let mut kpl = KplConfig {
         flush_interval_seconds: 3600,
+        linger_ms: 3_600_000,
         ..KplConfig::default()
     };
     tweak(&mut kpl);

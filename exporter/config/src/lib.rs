@@ -235,11 +235,15 @@ pub struct KplConfig {
     pub max_backoff_seconds: u64,
     /// Ours: how long one PutRecords attempt may take before it counts as failed and is retried.
     pub request_timeout_seconds: u64,
+    /// Ours: longest a user record waits in a partial aggregate or batch.
+    pub linger_ms: u64,
 }
 
 impl KplConfig {
+    /// How often partial aggregates and batches are sent: the linger, bounded by the seed's
+    /// flush interval.
     pub fn flush_interval(&self) -> Duration {
-        Duration::from_secs(self.flush_interval_seconds)
+        Duration::from_millis(self.linger_ms).min(Duration::from_secs(self.flush_interval_seconds))
     }
     pub fn max_backoff(&self) -> Duration {
         Duration::from_secs(self.max_backoff_seconds)
@@ -250,7 +254,7 @@ impl KplConfig {
 
     /// Every field with its key below `kpl.`: the one place that ties the struct to the
     /// settings table (defaults and the validator walk this list).
-    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 10] {
+    pub fn fields_mut(&mut self) -> [(&'static str, &mut u64); 11] {
         [
             ("aggregate_batch_count", &mut self.aggregate_batch_count),
             ("aggregate_batch_size", &mut self.aggregate_batch_size),
@@ -262,6 +266,7 @@ impl KplConfig {
             ("max_retries", &mut self.max_retries),
             ("max_backoff_seconds", &mut self.max_backoff_seconds),
             ("request_timeout_seconds", &mut self.request_timeout_seconds),
+            ("linger_ms", &mut self.linger_ms),
         ]
     }
 }
@@ -280,6 +285,7 @@ impl Default for KplConfig {
             max_retries: 0,
             max_backoff_seconds: 0,
             request_timeout_seconds: 0,
+            linger_ms: 0,
         };
         for (name, field) in kpl.fields_mut() {
             *field = settings::range(Group::Exporter, &format!("kpl.{name}")).0;

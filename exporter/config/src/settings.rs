@@ -242,6 +242,16 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         group: Group::Exporter,
+        key: "kpl.linger_ms",
+        kind: integer(100, 1, 3_600_000, "milliseconds"),
+        origin: Origin::Ours,
+        crd: None,
+        description: "Longest a user record waits in a partial aggregate or batch before it is \
+                      sent (the KPL's RecordMaxBufferedTime); flush_interval_seconds stays \
+                      the upper bound.",
+    },
+    Setting {
+        group: Group::Exporter,
         key: "kpl.request_timeout_seconds",
         kind: integer(30, 1, 600, "seconds"),
         origin: Origin::Ours,
