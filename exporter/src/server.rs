@@ -152,12 +152,19 @@ pub async fn serve(
         listeners.grpc,
         grpc_router,
         ingress_stopped.clone(),
+        ConnectionLimits::grpc(&protocols.grpc),
     ));
-    let http = tokio::spawn(serve_router(listeners.http, http_router, ingress_stopped));
+    let http = tokio::spawn(serve_router(
+        listeners.http,
+        http_router,
+        ingress_stopped,
+        ConnectionLimits::http(&protocols.http),
+    ));
     let telemetry_server = tokio::spawn(serve_router(
         listeners.telemetry,
         telemetry::router(Arc::new(registry), readiness.clone()),
         telemetry_stopped,
+        ConnectionLimits::telemetry(),
     ));
     readiness.set_listening();
     tracing::info!(
@@ -206,25 +213,116 @@ pub async fn serve(
     Ok(())
 }
 
-/// Serves `router` until `stop` turns true, then lets requests under way finish.
+/// What one listener allows its clients.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionLimits {
+    /// Open connections; more are closed as they arrive.
+    pub max_connections: usize,
+    /// A request head (the first, or the next on a keep-alive connection) must arrive within.
+    pub header_read_timeout: Option<Duration>,
+    /// Concurrent HTTP/2 streams on one connection.
+    pub max_concurrent_streams: Option<u32>,
+    /// HTTP/2 PING after this long without data; the connection closes when it goes
+    /// unanswered for `keepalive_timeout`.
+    pub keepalive_time: Option<Duration>,
+    pub keepalive_timeout: Duration,
+}
+
+impl ConnectionLimits {
+    pub fn grpc(grpc: &crate::config::GrpcProtocol) -> Self {
+        ConnectionLimits {
+            max_connections: grpc.max_connections as usize,
+            header_read_timeout: None,
+            max_concurrent_streams: Some(grpc.max_concurrent_streams as u32),
+            keepalive_time: Some(Duration::from_secs(grpc.keepalive_time_seconds)),
+            keepalive_timeout: Duration::from_secs(grpc.keepalive_timeout_seconds),
+        }
+    }
+
+    pub fn http(http: &crate::config::HttpProtocol) -> Self {
+        ConnectionLimits {
+            max_connections: http.max_connections as usize,
+            header_read_timeout: Some(Duration::from_secs(http.read_header_timeout_seconds)),
+            max_concurrent_streams: None,
+            keepalive_time: None,
+            keepalive_timeout: Duration::from_secs(20),
+        }
+    }
+
+    /// The telemetry endpoints: scraped and probed, a few connections at a time.
+    fn telemetry() -> Self {
+        ConnectionLimits {
+            max_connections: 64,
+            header_read_timeout: Some(Duration::from_secs(10)),
+            max_concurrent_streams: Some(16),
+            keepalive_time: None,
+            keepalive_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+/// Serves `router` on `listener` within `limits` until `stop` turns true, then closes the
+/// listener and lets requests under way finish (the caller bounds how long).
 async fn serve_router(
     listener: TcpListener,
     router: axum::Router,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    limits: ConnectionLimits,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
-    // Answers are small and clients wait for them: Nagle's algorithm would hold each one back
-    // for the peer's delayed ACK (tens of milliseconds per OTLP response).
-    let listener = listener.tap_io(|stream| {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+    use hyper_util::service::TowerToHyperService;
+
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .keep_alive_interval(limits.keepalive_time)
+        .keep_alive_timeout(limits.keepalive_timeout);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let room = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(connection) => connection,
+                Err(e) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = async { drop(stop.wait_for(|stopped| *stopped).await) } => break,
+        };
+        let Ok(permit) = room.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max_connections = limits.max_connections, "too many connections; closing a new one");
+            continue; // dropping the stream closes it
+        };
+        // Answers are small and clients wait for them: Nagle's algorithm would hold each one
+        // back for the peer's delayed ACK (tens of milliseconds per OTLP response).
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY not set");
         }
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
-        })
-        .await
+        let service = TowerToHyperService::new(router.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = connection.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 #[cfg(test)]

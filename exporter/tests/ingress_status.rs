@@ -522,3 +522,91 @@ async fn a_request_is_admitted_by_every_route_or_by_none() {
     );
     assert!(!stored.contains(&refused));
 }
+
+/// Connection limits: a half-sent request head and an idle keep-alive connection are closed
+/// after `read_header_timeout_seconds`; connections past `max_connections` are closed as they
+/// arrive, while the ones already open keep working.
+#[tokio::test]
+async fn connections_are_bounded_in_number_and_in_time() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let standin = StandIn::start(|_, entries| stores(entries)).await;
+    let yaml = format!(
+        "receivers:\n  otlp:\n    protocols:\n      grpc: {{endpoint: '127.0.0.1:0'}}\n      \
+           http: {{endpoint: '127.0.0.1:0', read_header_timeout_seconds: 1, max_connections: 2}}\n\
+         exporters:\n  kinesis:\n    aws: {{stream_name: s, kinesis_endpoint: '{}'}}\n\
+         service:\n  telemetry: {{metrics: {{address: '127.0.0.1:0'}}}}\n",
+        standin.url()
+    );
+    let clients = HashMap::from([("kinesis".to_string(), client_for(&standin).await)]);
+    let running = Running::serve(&yaml, clients, standin).await;
+    let http = running.addresses.http;
+    // Reads until the server closes the connection; what it sent before (an answer) is returned.
+    async fn until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        let read_all = async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), read_all)
+            .await
+            .expect("the server closes the connection");
+        got
+    }
+
+    // A request head that never ends.
+    let mut half_sent = tokio::net::TcpStream::connect(http).await.unwrap();
+    half_sent
+        .write_all(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Le")
+        .await
+        .unwrap();
+    until_closed(&mut half_sent).await;
+
+    // An idle keep-alive connection after one complete request.
+    let body = trace_request("keep-alive", 10).encode_to_vec();
+    let mut idle = tokio::net::TcpStream::connect(http).await.unwrap();
+    let head = format!(
+        "POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    idle.write_all(head.as_bytes()).await.unwrap();
+    idle.write_all(&body).await.unwrap();
+    let answered = until_closed(&mut idle).await;
+    assert!(
+        answered.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answered)
+    );
+
+    // Two connections are the limit: a third is closed at once, the two keep working.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
+        stream
+            .write_all(b"GET /v1/unknown HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].starts_with(b"HTTP/1.1 404"),
+            "held connection answered"
+        );
+        open.push(stream);
+    }
+    let mut third = tokio::net::TcpStream::connect(http).await.unwrap();
+    let _ = third
+        .write_all(b"GET /v1/unknown HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert!(
+        until_closed(&mut third).await.is_empty(),
+        "the third connection got no answer"
+    );
+    drop(open);
+    running.stop().await;
+}

@@ -117,6 +117,10 @@ pub struct GrpcProtocol {
     pub endpoint: String,
     /// Largest request message accepted, in MiB (after decompression).
     pub max_recv_msg_size_mib: u64,
+    pub max_concurrent_streams: u64,
+    pub max_connections: u64,
+    pub keepalive_time_seconds: u64,
+    pub keepalive_timeout_seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -125,6 +129,8 @@ pub struct HttpProtocol {
     pub endpoint: String,
     /// Largest request body accepted, in bytes, both as sent and after decompression.
     pub max_request_body_size: u64,
+    pub max_connections: u64,
+    pub read_header_timeout_seconds: u64,
 }
 
 /// One `kinesis[/name]` exporter instance.
@@ -294,6 +300,11 @@ impl Default for KplConfig {
     }
 }
 
+/// The default of an integer receiver setting of the table.
+fn receiver_default(key: &str) -> u64 {
+    settings::range(Group::Receiver, key).0
+}
+
 /// The default of a text setting of the table.
 fn text_default(group: Group, key: &str) -> String {
     match settings::setting(group, key).kind {
@@ -331,19 +342,21 @@ impl Default for Receivers {
                 protocols: OtlpProtocols {
                     grpc: GrpcProtocol {
                         endpoint: text_default(Group::Receiver, "grpc.endpoint"),
-                        max_recv_msg_size_mib: settings::range(
-                            Group::Receiver,
-                            "grpc.max_recv_msg_size_mib",
-                        )
-                        .0,
+                        max_recv_msg_size_mib: receiver_default("grpc.max_recv_msg_size_mib"),
+                        max_concurrent_streams: receiver_default("grpc.max_concurrent_streams"),
+                        max_connections: receiver_default("grpc.max_connections"),
+                        keepalive_time_seconds: receiver_default("grpc.keepalive_time_seconds"),
+                        keepalive_timeout_seconds: receiver_default(
+                            "grpc.keepalive_timeout_seconds",
+                        ),
                     },
                     http: HttpProtocol {
                         endpoint: text_default(Group::Receiver, "http.endpoint"),
-                        max_request_body_size: settings::range(
-                            Group::Receiver,
-                            "http.max_request_body_size",
-                        )
-                        .0,
+                        max_request_body_size: receiver_default("http.max_request_body_size"),
+                        max_connections: receiver_default("http.max_connections"),
+                        read_header_timeout_seconds: receiver_default(
+                            "http.read_header_timeout_seconds",
+                        ),
                     },
                 },
             },

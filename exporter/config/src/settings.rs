@@ -346,6 +346,40 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         group: Group::Receiver,
+        key: "grpc.max_concurrent_streams",
+        kind: integer(100, 1, 10_000, ""),
+        origin: Origin::Collector,
+        crd: None,
+        description: "Concurrent gRPC calls on one connection.",
+    },
+    Setting {
+        group: Group::Receiver,
+        key: "grpc.max_connections",
+        kind: integer(1000, 1, 100_000, ""),
+        origin: Origin::Ours,
+        crd: None,
+        description: "Open gRPC connections; more are closed as they arrive (and counted).",
+    },
+    Setting {
+        group: Group::Receiver,
+        key: "grpc.keepalive_time_seconds",
+        kind: integer(60, 1, 86_400, "seconds"),
+        origin: Origin::Ours,
+        crd: None,
+        description: "An HTTP/2 PING is sent after this long without data, so dead peers are \
+                      found (the Collector's keepalive.server_parameters.time).",
+    },
+    Setting {
+        group: Group::Receiver,
+        key: "grpc.keepalive_timeout_seconds",
+        kind: integer(20, 1, 3600, "seconds"),
+        origin: Origin::Ours,
+        crd: None,
+        description: "A connection whose PING is not answered within this is closed \
+                      (keepalive.server_parameters.timeout).",
+    },
+    Setting {
+        group: Group::Receiver,
         key: "http.endpoint",
         kind: Kind::Text {
             default: Some("0.0.0.0:4318"),
@@ -362,6 +396,23 @@ pub const SETTINGS: &[Setting] = &[
         origin: Origin::Collector,
         crd: None,
         description: "Largest HTTP body, as sent and after decompression; larger ones get 413.",
+    },
+    Setting {
+        group: Group::Receiver,
+        key: "http.max_connections",
+        kind: integer(1000, 1, 100_000, ""),
+        origin: Origin::Ours,
+        crd: None,
+        description: "Open HTTP connections; more are closed as they arrive (and counted).",
+    },
+    Setting {
+        group: Group::Receiver,
+        key: "http.read_header_timeout_seconds",
+        kind: integer(10, 1, 3600, "seconds"),
+        origin: Origin::Ours,
+        crd: None,
+        description: "A connection that has not sent a whole request head within this is \
+                      closed (a half-sent request, an idle keep-alive connection).",
     },
     Setting {
         group: Group::Service,

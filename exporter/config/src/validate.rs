@@ -298,11 +298,15 @@ fn walk_receivers(value: Option<&Value>, errors: &mut Vec<ConfigError>) -> Recei
         ) {
             grpc.endpoint = endpoint;
         }
-        grpc.max_recv_msg_size_mib = protocol.integer_setting(
-            "max_recv_msg_size_mib",
-            settings::setting(Group::Receiver, "grpc.max_recv_msg_size_mib"),
-            errors,
-        );
+        let mut integer = |name: &str| {
+            let setting = settings::setting(Group::Receiver, &format!("grpc.{name}"));
+            protocol.integer_setting(name, setting, errors)
+        };
+        grpc.max_recv_msg_size_mib = integer("max_recv_msg_size_mib");
+        grpc.max_concurrent_streams = integer("max_concurrent_streams");
+        grpc.max_connections = integer("max_connections");
+        grpc.keepalive_time_seconds = integer("keepalive_time_seconds");
+        grpc.keepalive_timeout_seconds = integer("keepalive_timeout_seconds");
         protocol.finish(errors);
     }
     {
@@ -319,11 +323,13 @@ fn walk_receivers(value: Option<&Value>, errors: &mut Vec<ConfigError>) -> Recei
         ) {
             http.endpoint = endpoint;
         }
-        http.max_request_body_size = protocol.integer_setting(
-            "max_request_body_size",
-            settings::setting(Group::Receiver, "http.max_request_body_size"),
-            errors,
-        );
+        let mut integer = |name: &str| {
+            let setting = settings::setting(Group::Receiver, &format!("http.{name}"));
+            protocol.integer_setting(name, setting, errors)
+        };
+        http.max_request_body_size = integer("max_request_body_size");
+        http.max_connections = integer("max_connections");
+        http.read_header_timeout_seconds = integer("read_header_timeout_seconds");
         protocol.finish(errors);
     }
     protocols.finish(errors);
