@@ -358,7 +358,7 @@ pub const SETTINGS: &[Setting] = &[
         kind: integer(1000, 1, 100_000, ""),
         origin: Origin::Ours,
         crd: None,
-        description: "Open gRPC connections; more are closed as they arrive (and counted).",
+        description: "Open gRPC connections; more are closed as they arrive (and logged).",
     },
     Setting {
         group: Group::Receiver,
@@ -403,7 +403,7 @@ pub const SETTINGS: &[Setting] = &[
         kind: integer(1000, 1, 100_000, ""),
         origin: Origin::Ours,
         crd: None,
-        description: "Open HTTP connections; more are closed as they arrive (and counted).",
+        description: "Open HTTP connections; more are closed as they arrive (and logged).",
     },
     Setting {
         group: Group::Receiver,
