@@ -31,6 +31,22 @@ fn defaults() -> Defaults {
     }
 }
 
+/// The exporter container's environment, by name.
+fn container_env(kex: &KinesisExporter) -> std::collections::BTreeMap<String, String> {
+    let pod = deployment(kex, &defaults())
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap();
+    pod.containers[0]
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.clone(), e.value.clone().unwrap_or_default()))
+        .collect()
+}
+
 fn loaded(kex: &KinesisExporter) -> Config {
     let text = render_config(&kex.spec);
     Config::from_yaml(&text).unwrap_or_else(|e| panic!("{e}\n{text}"))
@@ -176,21 +192,9 @@ fn projected_token_mode_wires_irsa_like_the_webhook() {
 
     // A base role is the pod's identity; the exporter then assumes aws.role from it.
     let k = kex(json!({"identity": {"baseRoleArn": "arn:aws:iam::210987654321:role/pod"}}));
-    let pod = deployment(&k, &defaults())
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap();
-    let role = pod.containers[0]
-        .env
-        .iter()
-        .flatten()
-        .find(|e| e.name == "AWS_ROLE_ARN")
-        .unwrap();
     assert_eq!(
-        role.value.as_deref(),
-        Some("arn:aws:iam::210987654321:role/pod")
+        container_env(&k)["AWS_ROLE_ARN"],
+        "arn:aws:iam::210987654321:role/pod"
     );
     assert_eq!(
         loaded(&k).exporters["kinesis"].aws.role.as_deref(),
@@ -205,35 +209,11 @@ fn a_custom_sts_endpoint_reaches_the_pods_and_rolls_them() {
         json!({"aws": {"streamName": "traces", "stsEndpoint": endpoint,
                                "role": "arn:aws:iam::123456789012:role/writer"}}),
     );
-    let pod = deployment(&k, &defaults())
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap();
-    let sts = pod.containers[0]
-        .env
-        .iter()
-        .flatten()
-        .find(|e| e.name == "AWS_ENDPOINT_URL_STS")
-        .expect("AWS_ENDPOINT_URL_STS on the container");
-    assert_eq!(sts.value.as_deref(), Some(endpoint));
+    assert_eq!(container_env(&k)["AWS_ENDPOINT_URL_STS"], endpoint);
     let without = kex(json!({"aws": {"streamName": "traces",
                                      "role": "arn:aws:iam::123456789012:role/writer"}}));
     assert_ne!(restart_hash_of(&k), restart_hash_of(&without));
-    let pod = deployment(&without, &defaults())
-        .spec
-        .unwrap()
-        .template
-        .spec
-        .unwrap();
-    assert!(
-        !pod.containers[0]
-            .env
-            .iter()
-            .flatten()
-            .any(|e| e.name == "AWS_ENDPOINT_URL_STS")
-    );
+    assert!(!container_env(&without).contains_key("AWS_ENDPOINT_URL_STS"));
 }
 
 #[test]
