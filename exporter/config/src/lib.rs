@@ -123,6 +123,36 @@ pub struct GrpcProtocol {
     pub keepalive_timeout_seconds: u64,
 }
 
+impl GrpcProtocol {
+    /// The integer settings with their keys below `grpc.` (the validator walks this list).
+    pub(crate) fn integers_mut(&mut self) -> [(&'static str, &mut u64); 5] {
+        [
+            ("max_recv_msg_size_mib", &mut self.max_recv_msg_size_mib),
+            ("max_concurrent_streams", &mut self.max_concurrent_streams),
+            ("max_connections", &mut self.max_connections),
+            ("keepalive_time_seconds", &mut self.keepalive_time_seconds),
+            (
+                "keepalive_timeout_seconds",
+                &mut self.keepalive_timeout_seconds,
+            ),
+        ]
+    }
+}
+
+impl HttpProtocol {
+    /// The integer settings with their keys below `http.`.
+    pub(crate) fn integers_mut(&mut self) -> [(&'static str, &mut u64); 3] {
+        [
+            ("max_request_body_size", &mut self.max_request_body_size),
+            ("max_connections", &mut self.max_connections),
+            (
+                "read_header_timeout_seconds",
+                &mut self.read_header_timeout_seconds,
+            ),
+        ]
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HttpProtocol {
     /// `host:port` to listen on.

@@ -34,7 +34,7 @@ pub(super) fn walk_service(
     let address = metrics
         .string(
             "address",
-            check_listen_address(Group::Service, "telemetry.metrics.address"),
+            check_listen_address(Group::Service, "telemetry.metrics.address".into()),
             errors,
         )
         .unwrap_or_else(|| super::text_default(Group::Service, "telemetry.metrics.address"));

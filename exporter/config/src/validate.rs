@@ -284,58 +284,39 @@ fn walk_receivers(value: Option<&Value>, errors: &mut Vec<ConfigError>) -> Recei
     let mut section = Section::new("receivers", value, errors);
     let mut otlp = Section::new("receivers.otlp", section.take("otlp"), errors);
     let mut protocols = Section::new("receivers.otlp.protocols", otlp.take("protocols"), errors);
-    {
-        let grpc = &mut receivers.otlp.protocols.grpc;
-        let mut protocol = Section::new(
-            "receivers.otlp.protocols.grpc",
-            protocols.take("grpc"),
-            errors,
-        );
-        if let Some(endpoint) = protocol.string(
-            "endpoint",
-            check_listen_address(Group::Receiver, "grpc.endpoint"),
-            errors,
-        ) {
-            grpc.endpoint = endpoint;
-        }
-        let mut integer = |name: &str| {
-            let setting = settings::setting(Group::Receiver, &format!("grpc.{name}"));
-            protocol.integer_setting(name, setting, errors)
-        };
-        grpc.max_recv_msg_size_mib = integer("max_recv_msg_size_mib");
-        grpc.max_concurrent_streams = integer("max_concurrent_streams");
-        grpc.max_connections = integer("max_connections");
-        grpc.keepalive_time_seconds = integer("keepalive_time_seconds");
-        grpc.keepalive_timeout_seconds = integer("keepalive_timeout_seconds");
-        protocol.finish(errors);
+    let grpc = &mut receivers.otlp.protocols.grpc;
+    let value = protocols.take("grpc");
+    if let Some(endpoint) = walk_protocol("grpc", value, grpc.integers_mut(), errors) {
+        grpc.endpoint = endpoint;
     }
-    {
-        let http = &mut receivers.otlp.protocols.http;
-        let mut protocol = Section::new(
-            "receivers.otlp.protocols.http",
-            protocols.take("http"),
-            errors,
-        );
-        if let Some(endpoint) = protocol.string(
-            "endpoint",
-            check_listen_address(Group::Receiver, "http.endpoint"),
-            errors,
-        ) {
-            http.endpoint = endpoint;
-        }
-        let mut integer = |name: &str| {
-            let setting = settings::setting(Group::Receiver, &format!("http.{name}"));
-            protocol.integer_setting(name, setting, errors)
-        };
-        http.max_request_body_size = integer("max_request_body_size");
-        http.max_connections = integer("max_connections");
-        http.read_header_timeout_seconds = integer("read_header_timeout_seconds");
-        protocol.finish(errors);
+    let http = &mut receivers.otlp.protocols.http;
+    let value = protocols.take("http");
+    if let Some(endpoint) = walk_protocol("http", value, http.integers_mut(), errors) {
+        http.endpoint = endpoint;
     }
     protocols.finish(errors);
     otlp.finish(errors);
     section.finish(errors);
     receivers
+}
+
+/// One of `receivers.otlp.protocols.{grpc,http}`: each integer setting of `integers` with the
+/// table's default, range and rule; returns the endpoint when one is given.
+fn walk_protocol<'a>(
+    name: &str,
+    value: Option<&Value>,
+    integers: impl IntoIterator<Item = (&'static str, &'a mut u64)>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<String> {
+    let mut protocol = Section::new(&format!("receivers.otlp.protocols.{name}"), value, errors);
+    let check = check_listen_address(Group::Receiver, format!("{name}.endpoint"));
+    let endpoint = protocol.string("endpoint", check, errors);
+    for (key, field) in integers {
+        let setting = settings::setting(Group::Receiver, &format!("{name}.{key}"));
+        *field = protocol.integer_setting(key, setting, errors);
+    }
+    protocol.finish(errors);
+    endpoint
 }
 
 fn walk_exporters(
@@ -533,11 +514,11 @@ fn normalise_endpoint(s: &str) -> Result<String, String> {
 /// `host:port` for a listener; `Err` is the rule of the listen-address setting `key`.
 pub(super) fn check_listen_address(
     group: Group,
-    key: &'static str,
+    key: String,
 ) -> impl Fn(&str) -> Result<String, String> {
     move |s: &str| match s.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.into()),
-        _ => Err(rule_of(group, key)),
+        _ => Err(rule_of(group, &key)),
     }
 }
 
