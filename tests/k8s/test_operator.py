@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import textwrap
 import threading
 import time
 import uuid
@@ -29,6 +30,7 @@ from .k8s_helpers import (
     Cluster,
     apply,
     conditions,
+    helm,
     get_kex,
     is_ready,
     kex_manifest,
@@ -217,6 +219,23 @@ def test_chart_installs_and_operator_runs_as_its_service_account(
     log = operator.process.logs(8000)
     assert "reconciling KinesisExporter resources" in log, log
     print(f"helm install --wait: {chart_release.install_seconds:.1f}s; operator ready in {operator.start_seconds:.1f}s")
+
+
+def test_the_charts_notes_sample_is_accepted_by_the_crd(
+        k8s_cluster: Cluster, chart_release: ChartRelease, helm_bin: str) -> None:
+    """What `helm install` tells a user to apply must pass the CRD's own rules."""
+    notes = helm(helm_bin, k8s_cluster, "get", "notes", chart_release.name, "-n", chart_release.namespace).stdout
+    start = notes.index("cat <<YAML | kubectl apply -f -") + len("cat <<YAML | kubectl apply -f -")
+    sample = textwrap.dedent(notes[start:notes.index("\n  YAML", start)]).strip("\n")
+    manifest = yaml.safe_load(sample)
+    assert manifest["kind"] == "KinesisExporter", sample
+    applied = k8s_cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=sample, check=False)
+    assert applied.returncode == 0, f"the NOTES sample is refused:\n{applied.stderr}\n{sample}"
+    # The CRD's status conditions merge by type (server-side apply), as Kubernetes' own do.
+    crd = k8s_cluster.get_json("crd", "kinesisexporters.kinesis.otlp.dev")
+    conditions = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"][
+        "properties"]["conditions"]
+    assert conditions["x-kubernetes-list-type"] == "map" and conditions["x-kubernetes-list-map-keys"] == ["type"]
 
 
 # --------------------------------------------------------------------------- 2. children + status
