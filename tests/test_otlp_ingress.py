@@ -459,12 +459,16 @@ def test_sigterm_is_bounded_by_stalled_clients_and_flushes_what_was_acknowledged
                             pipelines=all_signals_to("kinesis"), args=["--shutdown-timeout", "8",
                                                                        "--drain-timeout", "2"])
     sent = send_traces("http", proc, {"acked-before-term": [["a", "b"], ["c"]]})
-    stalled = []
-    for port, opening in [(proc.http_port, b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Len"),
-                          (proc.grpc_port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")]:
-        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        sock.sendall(opening)
-        stalled.append(sock)
+    # Each stalled connection first gets an answer from the server, so it is surely accepted
+    # (not still in the listen queue) when SIGTERM comes.
+    http = socket.create_connection(("127.0.0.1", proc.http_port), timeout=5)
+    http.sendall(b"GET /v1/unknown HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert http.recv(64).startswith(b"HTTP/1.1 404"), "the HTTP connection is served"
+    http.sendall(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Len")
+    grpc_ = socket.create_connection(("127.0.0.1", proc.grpc_port), timeout=5)
+    grpc_.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    assert len(grpc_.recv(9)) > 0, "the server's HTTP/2 SETTINGS: the gRPC connection is served"
+    stalled = [http, grpc_]
     try:
         started = time.monotonic()
         os.killpg(proc.proc.pid, signal.SIGTERM)
