@@ -523,42 +523,47 @@ async fn a_request_is_admitted_by_every_route_or_by_none() {
     assert!(!stored.contains(&refused));
 }
 
-/// Connection limits: a half-sent request head and an idle keep-alive connection are closed
-/// after `read_header_timeout_seconds`; connections past `max_connections` are closed as they
-/// arrive, while the ones already open keep working.
-#[tokio::test]
-async fn connections_are_bounded_in_number_and_in_time() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+/// An HTTP server in process with `http_options` (YAML flow-map entries) on its listener.
+async fn serve_http_with(http_options: &str) -> Running {
     let standin = StandIn::start(|_, entries| stores(entries)).await;
     let yaml = format!(
         "receivers:\n  otlp:\n    protocols:\n      grpc: {{endpoint: '127.0.0.1:0'}}\n      \
-           http: {{endpoint: '127.0.0.1:0', read_header_timeout_seconds: 1, max_connections: 2}}\n\
+           http: {{endpoint: '127.0.0.1:0', {http_options}}}\n\
          exporters:\n  kinesis:\n    aws: {{stream_name: s, kinesis_endpoint: '{}'}}\n\
          service:\n  telemetry: {{metrics: {{address: '127.0.0.1:0'}}}}\n",
         standin.url()
     );
     let clients = HashMap::from([("kinesis".to_string(), client_for(&standin).await)]);
-    let running = Running::serve(&yaml, clients, standin).await;
-    let http = running.addresses.http;
-    // Reads until the server closes the connection; what it sent before (an answer) is returned.
-    async fn until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 1024];
-        let read_all = async {
-            loop {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                }
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(20), read_all)
-            .await
-            .expect("the server closes the connection");
-        got
-    }
+    Running::serve(&yaml, clients, standin).await
+}
 
-    // A request head that never ends.
+/// Reads until the server closes the connection (within 20 s); returns what it sent before.
+async fn until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read_all = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read_all)
+        .await
+        .expect("the server closes the connection");
+    got
+}
+
+/// A half-sent request head and an idle keep-alive connection are closed after
+/// `read_header_timeout_seconds`.
+#[tokio::test]
+async fn stalled_and_idle_connections_are_closed_after_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let running = serve_http_with("read_header_timeout_seconds: 1").await;
+    let http = running.addresses.http;
+
     let mut half_sent = tokio::net::TcpStream::connect(http).await.unwrap();
     half_sent
         .write_all(b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Le")
@@ -566,7 +571,6 @@ async fn connections_are_bounded_in_number_and_in_time() {
         .unwrap();
     until_closed(&mut half_sent).await;
 
-    // An idle keep-alive connection after one complete request.
     let body = trace_request("keep-alive", 10).encode_to_vec();
     let mut idle = tokio::net::TcpStream::connect(http).await.unwrap();
     let head = format!(
@@ -582,31 +586,68 @@ async fn connections_are_bounded_in_number_and_in_time() {
         "{:?}",
         String::from_utf8_lossy(&answered)
     );
+    running.stop().await;
+}
 
-    // Two connections are the limit: a third is closed at once, the two keep working.
+/// One whole HTTP/1.1 response (head and Content-Length body) read from `stream`.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "connection closed mid-response: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Connections past `max_connections` are closed as they arrive, while the ones already open
+/// keep working.
+#[tokio::test]
+async fn connections_past_the_limit_are_closed_and_the_others_served() {
+    use tokio::io::AsyncWriteExt;
+    let running = serve_http_with("max_connections: 2").await;
+    let http = running.addresses.http;
+    let request = b"GET /v1/unknown HTTP/1.1\r\nHost: x\r\n\r\n";
     let mut open = Vec::new();
     for _ in 0..2 {
         let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
-        stream
-            .write_all(b"GET /v1/unknown HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 64];
-        let n = stream.read(&mut buf).await.unwrap();
-        assert!(
-            buf[..n].starts_with(b"HTTP/1.1 404"),
-            "held connection answered"
-        );
+        stream.write_all(request).await.unwrap();
+        assert!(read_response(&mut stream).await.starts_with("HTTP/1.1 404"));
         open.push(stream);
     }
     let mut third = tokio::net::TcpStream::connect(http).await.unwrap();
-    let _ = third
-        .write_all(b"GET /v1/unknown HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await;
+    let _ = third.write_all(request).await;
     assert!(
         until_closed(&mut third).await.is_empty(),
         "the third connection got no answer"
     );
+    for stream in &mut open {
+        stream.write_all(request).await.unwrap();
+        let answer = read_response(stream).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 404"),
+            "held connection still served: {answer}"
+        );
+    }
     drop(open);
     running.stop().await;
 }
