@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use base64::Engine;
 use clap::{Parser, Subcommand};
 use kinesis_exporter::config::{Config, ExporterConfig};
-use kinesis_exporter::kpl::{DROP_REASONS, KinesisApi, Producer, ProducerMetrics, UserRecord};
+use kinesis_exporter::kpl::{DROP_REASONS, KinesisApi, ProducerMetrics, UserRecord};
 use kinesis_exporter::server::{self, Listeners, ShutdownTimeouts};
 use kinesis_exporter::telemetry::{self, LogFormat};
 use kinesis_exporter::{aws, kpl};
@@ -168,12 +168,8 @@ async fn put_from_stdin(
 ) -> anyhow::Result<()> {
     use tokio::io::AsyncBufReadExt;
     let metrics = Arc::new(ProducerMetrics::default());
-    tracing::info!(exporter = id, stream = %exporter.aws.stream_name, region = %exporter.aws.region, "starting producer");
-    let producer = Producer::start(
-        server::producer_config(&exporter.aws.stream_name, &exporter.kpl),
-        kinesis_client(exporter).await,
-        metrics.clone(),
-    );
+    let client = kinesis_client(exporter).await;
+    let producer = server::start_producer(id, exporter, client, metrics.clone());
     let handle = producer.handle();
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut line_number = 0usize;

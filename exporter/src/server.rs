@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::config::{Config, KplConfig};
+use crate::config::{Config, ExporterConfig, KplConfig};
 use crate::ingress::{self, Ingress, IngressMetrics};
 use crate::kpl::{KinesisApi, Producer, ProducerConfig, ProducerMetrics, limits};
 use crate::telemetry;
@@ -35,6 +35,21 @@ pub fn producer_config(stream_name: &str, kpl: &KplConfig) -> ProducerConfig {
         request_timeout: kpl.request_timeout(),
         shard_map_refresh_interval: Duration::from_secs(1),
     }
+}
+
+/// Starts the producer of exporter `id`, writing through `client`.
+pub fn start_producer(
+    id: &str,
+    exporter: &ExporterConfig,
+    client: Arc<dyn KinesisApi>,
+    metrics: Arc<ProducerMetrics>,
+) -> Producer {
+    tracing::info!(exporter = %id, stream = %exporter.aws.stream_name, region = %exporter.aws.region, "starting producer");
+    Producer::start(
+        producer_config(&exporter.aws.stream_name, &exporter.kpl),
+        client,
+        metrics,
+    )
 }
 
 /// The three listening sockets: OTLP/gRPC, OTLP/HTTP and the telemetry endpoints.
@@ -121,12 +136,7 @@ pub async fn serve(
             .get(id)
             .with_context(|| format!("no Kinesis client for exporter {id}"))?
             .clone();
-        tracing::info!(exporter = %id, stream = %exporter.aws.stream_name, region = %exporter.aws.region, "starting producer");
-        let producer = Producer::start(
-            producer_config(&exporter.aws.stream_name, &exporter.kpl),
-            client,
-            metrics,
-        );
+        let producer = start_producer(id, exporter, client, metrics);
         readiness.add_producer(producer.running_flag());
         handles.insert(id.clone(), producer.handle());
         producers.push((id.clone(), producer));
