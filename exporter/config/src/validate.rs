@@ -122,16 +122,16 @@ impl<'a> Section<'a> {
         Some(self.entries.remove(at).1)
     }
 
-    /// An unsigned integer in `min..=max`, or `default` when absent.
+    /// The integer setting `name` of this section: in the range of `setting` (a row of the
+    /// settings table), or its default when absent.
     pub(super) fn integer(
         &mut self,
         name: &str,
-        default: u64,
-        min: u64,
-        max: u64,
-        rule: &str,
+        setting: &settings::Setting,
         errors: &mut Vec<ConfigError>,
     ) -> u64 {
+        let (default, min, max) = setting.range();
+        let rule = setting.rule();
         let key = self.key(name);
         match self.take(name) {
             None | Some(Value::Null) => default,
@@ -141,7 +141,7 @@ impl<'a> Section<'a> {
                     errors.push(ConfigError {
                         key,
                         value: Some(show(v)),
-                        rule: rule.into(),
+                        rule,
                     });
                     default
                 }
@@ -155,18 +155,6 @@ impl<'a> Section<'a> {
                 default
             }
         }
-    }
-
-    /// The integer setting `name` of this section, with the default, range and rule of
-    /// `setting` (a row of the settings table).
-    pub(super) fn integer_setting(
-        &mut self,
-        name: &str,
-        setting: &settings::Setting,
-        errors: &mut Vec<ConfigError>,
-    ) -> u64 {
-        let (default, min, max) = setting.range();
-        self.integer(name, default, min, max, &setting.rule(), errors)
     }
 
     /// One of the words a `OneOf` setting allows, or its default when absent or wrong.
@@ -313,7 +301,7 @@ fn walk_protocol<'a>(
     let endpoint = protocol.string("endpoint", check, errors);
     for (key, field) in integers {
         let setting = settings::setting(Group::Receiver, &format!("{name}.{key}"));
-        *field = protocol.integer_setting(key, setting, errors);
+        *field = protocol.integer(key, setting, errors);
     }
     protocol.finish(errors);
     endpoint
@@ -373,7 +361,7 @@ fn walk_exporter(path: &str, value: &Value, errors: &mut Vec<ConfigError>) -> Ex
         section.take("partition_key"),
         errors,
     );
-    let enqueue_timeout_seconds = section.integer_setting(
+    let enqueue_timeout_seconds = section.integer(
         "enqueue_timeout_seconds",
         settings::setting(Group::Exporter, "enqueue_timeout_seconds"),
         errors,
@@ -446,7 +434,7 @@ fn walk_kpl(path: &str, value: Option<&Value>, errors: &mut Vec<ConfigError>) ->
     let mut section = Section::new(path, value, errors);
     for (name, field) in kpl.fields_mut() {
         let setting = settings::setting(Group::Exporter, &format!("kpl.{name}"));
-        *field = section.integer_setting(name, setting, errors);
+        *field = section.integer(name, setting, errors);
     }
     section.finish(errors);
     kpl
