@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::aggregator::{AggregateLimits, Aggregator};
 use super::batcher::{Batch, Batcher};
 use super::client::KinesisApi;
-use super::limits::MAX_RECORD_BYTES as KINESIS_MAX_RECORD_BYTES;
+use super::limits::MAX_RECORD_BYTES;
 use super::metrics::{ProducerMetrics, ResultLabel};
 use super::record::{InvalidRecord, KinesisRecord, UserRecord};
 use super::sender::{SendContext, SendOutcome, count_stored, send_batch};
@@ -44,7 +44,7 @@ pub struct ProducerConfig {
 impl ProducerConfig {
     /// A Kinesis record (data + key) must fit in one record and in one request.
     fn max_record_bytes(&self) -> usize {
-        KINESIS_MAX_RECORD_BYTES.min(self.request_max_bytes)
+        MAX_RECORD_BYTES.min(self.request_max_bytes)
     }
 
     fn aggregate_limits(&self) -> AggregateLimits {

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use md5::{Digest, Md5};
 
-use super::limits::MAX_RECORD_BYTES as KINESIS_MAX_RECORD_BYTES;
+use super::limits::MAX_RECORD_BYTES;
 
 /// Kinesis partition keys are 1 to 256 Unicode characters.
 pub const MAX_PARTITION_KEY_CHARS: usize = 256;
@@ -40,7 +40,7 @@ impl UserRecord {
             return Err(InvalidRecord::PartitionKeyLength(chars));
         }
         let size = self.data.len() + self.partition_key.len();
-        if size > KINESIS_MAX_RECORD_BYTES {
+        if size > MAX_RECORD_BYTES {
             return Err(InvalidRecord::TooLarge(size));
         }
         Ok(())
