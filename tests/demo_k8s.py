@@ -23,7 +23,6 @@ was found; controlplane.sh down). Needs root, the Kubernetes binaries (`make nod
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -53,7 +52,15 @@ from conftest import (  # noqa: E402 - needs the sys.path entry above
     stop_recording,
     sts_calls,
 )
-from k8s.k8s_helpers import OPERATOR_NAMESPACE, RELEASE, Cluster, is_ready, make_namespace, poll  # noqa: E402
+from k8s.k8s_helpers import (  # noqa: E402
+    OPERATOR_NAMESPACE,
+    RELEASE,
+    Cluster,
+    is_ready,
+    jwt_claims,
+    make_namespace,
+    poll,
+)
 from k8s.realnode import platform  # noqa: E402
 from otlp_helpers import decode_user_record, send_traces, spans_of  # noqa: E402
 
@@ -89,18 +96,6 @@ def run_streaming(argv: list[str], what: str) -> str:
     if proc.wait() != 0:
         raise RuntimeError(f"{what} failed (exit {proc.returncode})")
     return out
-
-
-def cluster_of(state: Path) -> Cluster:
-    env = dict(line.split("=", 1) for line in (state / "env").read_text().splitlines() if "=" in line)
-    return Cluster(dir=state, kubeconfig=state / "kubeconfig", kubectl_bin=env["KUBECTL"],
-                   server=env["KEX_K8S_APISERVER"], ca_file=Path(env["KEX_K8S_CA_FILE"]),
-                   admin_token=(state / "admin.token").read_text().strip())
-
-
-def jwt_claims(token: str) -> dict:
-    payload = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
 
 def main() -> int:
@@ -141,7 +136,7 @@ def run(stack: contextlib.ExitStack, workdir: Path, state: Path) -> bool:
     # ---- 1. the control plane, the real node, the images, the AWS stand-ins
     step(f"starting the local Kubernetes control plane (controlplane.sh up {state})")
     run_streaming([str(CONTROLPLANE), "up", str(state)], "controlplane.sh up")
-    cluster = cluster_of(state)
+    cluster = Cluster.from_state(state)
     step("joining a real node: kubelet + containerd + runc + CNI bridge + kube-proxy (node.sh up)")
     node = platform.node_up(cluster)
     step("kubectl get nodes -o wide (kwok's two fake nodes, and the real one)")

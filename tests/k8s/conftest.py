@@ -73,12 +73,4 @@ def k8s_cluster(request: pytest.FixtureRequest,
             f"--- {p.name} (last 20 lines)\n" + "\n".join(p.read_text(errors="replace").splitlines()[-20:])
             for p in sorted((state / "logs").glob("*.log"))) if (state / "logs").is_dir() else ""
         pytest.fail(f"controlplane.sh up failed ({up.returncode}); logs in {state}/logs\n{logs}")
-    env = dict(line.split("=", 1) for line in (state / "env").read_text().splitlines() if "=" in line)
-    yield Cluster(
-        dir=state,
-        kubeconfig=state / "kubeconfig",
-        kubectl_bin=env["KUBECTL"],
-        server=env["KEX_K8S_APISERVER"],
-        ca_file=Path(env["KEX_K8S_CA_FILE"]),
-        admin_token=(state / "admin.token").read_text().strip(),
-    )
+    yield Cluster.from_state(state)

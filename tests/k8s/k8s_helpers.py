@@ -8,6 +8,7 @@ as ``from conftest import ...``).
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 from pathlib import Path
@@ -29,6 +30,17 @@ ROLE = "arn:aws:iam::123456789012:role/kex-e2e-writer"
 FIELD_MANAGER = "kex-e2e"
 
 
+def read_env_file(path: Path) -> dict[str, str]:
+    """The KEY=VALUE lines controlplane.sh and node.sh write (env, node.env)."""
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+
+
+def jwt_claims(token: str) -> dict:
+    """The claims of a JWT (a service-account token), unverified."""
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
 class Cluster(NamedTuple):
     dir: Path
     kubeconfig: Path
@@ -36,6 +48,14 @@ class Cluster(NamedTuple):
     server: str
     ca_file: Path
     admin_token: str
+
+    @classmethod
+    def from_state(cls, state: Path) -> "Cluster":
+        """The cluster `controlplane.sh up STATE` started."""
+        env = read_env_file(state / "env")
+        return cls(dir=state, kubeconfig=state / "kubeconfig", kubectl_bin=env["KUBECTL"],
+                   server=env["KEX_K8S_APISERVER"], ca_file=Path(env["KEX_K8S_CA_FILE"]),
+                   admin_token=(state / "admin.token").read_text().strip())
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,6 @@ other's order.
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import textwrap
@@ -30,9 +29,10 @@ from .k8s_helpers import (
     Cluster,
     apply,
     conditions,
-    helm,
     get_kex,
+    helm,
     is_ready,
+    jwt_claims,
     kex_manifest,
     poll,
     wait_ready,
@@ -529,11 +529,6 @@ def test_two_teams_get_children_only_in_their_own_namespace(
 # --------------------------------------------------------------------------- 8. the rendered config, run
 
 
-def _jwt_claims(token: str) -> dict:
-    payload = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-
-
 def test_rendered_config_runs_the_exporter_with_the_pod_identity(
         k8s_cluster: Cluster, operator: RunningOperator, make_namespace, kinesalite: str, moto: str,
         exporter_bin: Path, tmp_path: Path) -> None:
@@ -571,7 +566,7 @@ def test_rendered_config_runs_the_exporter_with_the_pod_identity(
     assert env["AWS_WEB_IDENTITY_TOKEN_FILE"] == f"{mount['mountPath']}/{projection['path']}"
     token = k8s_cluster.kubectl("-n", ns, "create", "token", pod_spec["serviceAccountName"],
                                 "--audience", projection["audience"], "--duration", "1h").stdout.strip()
-    claims = _jwt_claims(token)
+    claims = jwt_claims(token)
     assert claims["aud"] == ["sts.amazonaws.com"], claims
     assert claims["sub"] == f"system:serviceaccount:{ns}:{name}", claims
     token_file = tmp_path / "token"

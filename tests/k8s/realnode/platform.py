@@ -25,6 +25,7 @@ from ..k8s_helpers import (
     helm,
     kex_manifest,
     poll,
+    read_env_file,
     wait_ready,
 )
 
@@ -57,7 +58,7 @@ def node_up(cluster: Cluster) -> RealNode:
     up = node_sh("up", str(cluster.dir), capture=False)
     if up.returncode != 0:
         raise RuntimeError(f"node.sh up failed ({up.returncode}); logs in /var/lib/kex-node/logs")
-    env = dict(line.split("=", 1) for line in (cluster.dir / "node.env").read_text().splitlines() if "=" in line)
+    env = read_env_file(cluster.dir / "node.env")
     return RealNode(env["KEX_NODE_NAME"], env["KEX_NODE_IP"], env["KEX_NODE_TAINT"])
 
 

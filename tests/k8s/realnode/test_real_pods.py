@@ -9,7 +9,6 @@ SIGKILL and checks that `node.sh down` still leaves the machine clean.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 from conftest import create_stream, start_recording, stop_recording, sts_calls
 from otlp_helpers import read_signal, send_traces, spans_of
 
-from ..k8s_helpers import ROLE, Cluster, get_kex, make_namespace, poll, wait_ready
+from ..k8s_helpers import ROLE, Cluster, get_kex, jwt_claims, make_namespace, poll, wait_ready
 from .conftest import BridgePeers
 from .load import HEADER, SpanLoad
 from .platform import (
@@ -36,11 +35,6 @@ from .platform import (
 )
 
 RESULTS = Path(os.environ.get("KEX_ROLLOUT_RESULTS", "/tmp/kex-rollout-results.md"))
-
-
-def jwt_claims(token: str) -> dict:
-    payload = token.split(".")[1]
-    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
 
 # --------------------------------------------------------------------------- the node and the operator
