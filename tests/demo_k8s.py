@@ -69,7 +69,7 @@ CONTROLPLANE = K8S_DIR / "controlplane.sh"
 SAMPLE = REPO_DIR / "operator" / "examples" / "kinesisexporter.yaml"
 
 NAMESPACE = "team-a"
-ROLE = "arn:aws:iam::123456789012:role/team-a-kinesis"
+ROLE = f"arn:aws:iam::123456789012:role/{NAMESPACE}/kinesis-writer"
 REPLICAS = 2
 SHARDS = 4
 TRACES = {"checkout": 30, "payments": 20}  # service -> traces of SPANS_PER_TRACE spans

@@ -60,7 +60,8 @@ pub struct KinesisExporterSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("self >= 0 && self <= 1000").message("replicas must be between 0 and 1000"))]
     pub replicas: Option<i32>,
-    /// Exporter image; the operator's default image when empty.
+    /// Exporter image; the operator's default image when empty. Another image only where the
+    /// platform allows it (tenancy.allowedImages); otherwise the resource is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
     /// Always, IfNotPresent or Never.
@@ -72,7 +73,8 @@ pub struct KinesisExporterSpec {
     /// Node labels the pods must match.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<BTreeMap<String, String>>,
-    /// Tolerations of the exporter pods.
+    /// Tolerations of the exporter pods, for the taint keys the platform allows
+    /// (tenancy.allowedTolerationKeys; none by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerations: Option<Vec<Toleration>>,
     /// Affinity rules of the exporter pods.
@@ -81,13 +83,17 @@ pub struct KinesisExporterSpec {
     /// Annotations added to the exporter pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_annotations: Option<BTreeMap<String, String>>,
-    /// Labels added to the exporter pods (the selector labels cannot be overridden).
+    /// Labels added to the exporter pods (the selector labels cannot be overridden). Keys must
+    /// start with a prefix the platform allows (tenancy.podLabelPrefixes; default
+    /// kinesis.otlp.dev/), so no other workload's selector matches the exporter pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_labels: Option<BTreeMap<String, String>>,
-    /// PriorityClass of the exporter pods.
+    /// PriorityClass of the exporter pods, one the platform allows
+    /// (tenancy.allowedPriorityClasses; none by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority_class_name: Option<String>,
-    /// Use this existing ServiceAccount instead of one the operator creates.
+    /// Use this existing ServiceAccount instead of one the operator creates; only where the
+    /// platform allows it (tenancy.allowServiceAccountName; off by default).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
     /// How the pods get AWS credentials.
@@ -120,6 +126,8 @@ pub struct AwsSpec {
     #[x_kube(validation = Rule::new("self.matches('^https?://[^ ]+$')").message("stsEndpoint must be an http:// or https:// URL"))]
     pub sts_endpoint: Option<String>,
     /// IAM role the exporter writes as (assumed with STS when the pod's identity is another).
+    /// The platform decides which roles a namespace may use (tenancy.allowedRoleArns; default
+    /// roles under the IAM path named after the namespace, arn:aws:iam::<account>:role/<namespace>/...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self.matches('^arn:aws[a-zA-Z-]*:iam::[0-9]{12}:role/[a-zA-Z0-9+=,.@_/-]{1,512}$')").message("role must be an IAM role ARN, e.g. arn:aws:iam::123456789012:role/name"))]

@@ -2,7 +2,8 @@
 //! resources.
 //!
 //! [`crd`] is the resource; [`resources`] turns a spec into Kubernetes objects (pure);
-//! [`reconcile`] applies them and reports status.
+//! [`tenancy`] is the platform's policy on what a resource may ask for; [`reconcile`] applies
+//! the objects and reports status.
 
 pub mod crd;
 pub mod leader;
@@ -10,6 +11,7 @@ pub mod metrics;
 pub mod reconcile;
 pub mod resources;
 pub mod status;
+pub mod tenancy;
 
 /// Chooses rustls' crypto provider for the process. Several crates enable different
 /// providers, and rustls then refuses to guess: without this, the first HTTPS connection to

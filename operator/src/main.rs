@@ -8,6 +8,7 @@ use kinesis_operator::crd::KinesisExporter;
 use kinesis_operator::metrics::OperatorMetrics;
 use kinesis_operator::reconcile::{self, Context, OwnedApis};
 use kinesis_operator::resources::Defaults;
+use kinesis_operator::tenancy::{self, Tenancy};
 use kube::Client;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
@@ -47,6 +48,53 @@ struct Cli {
     /// Log line format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    #[command(flatten)]
+    tenancy: TenancyArgs,
+}
+
+/// What tenants may ask for through a KinesisExporter. A resource that asks for more is
+/// refused (Degraded, reason NotAllowed) and nothing is deployed for it. Patterns are globs
+/// (`*`, `?`); lists are comma-separated, and an empty list allows nothing.
+#[derive(clap::Args)]
+#[command(next_help_heading = "Tenancy guardrails")]
+struct TenancyArgs {
+    /// Images a resource may name in spec.image, besides --exporter-image.
+    #[arg(long, value_delimiter = ',', default_value = "")]
+    allowed_images: Vec<String>,
+    /// Let a resource run as an existing ServiceAccount (spec.serviceAccountName).
+    #[arg(long)]
+    allow_service_account_name: bool,
+    /// Role ARNs a resource may use (spec.aws.role, spec.identity.baseRoleArn); {namespace}
+    /// is the resource's namespace.
+    #[arg(long, value_delimiter = ',', default_value = tenancy::DEFAULT_ROLE_ARN_PATTERN)]
+    allowed_role_arns: Vec<String>,
+    /// PriorityClasses a resource may name in spec.priorityClassName.
+    #[arg(long, value_delimiter = ',', default_value = "")]
+    allowed_priority_classes: Vec<String>,
+    /// Taint keys spec.tolerations may tolerate; `*` also allows a toleration without a key.
+    #[arg(long, value_delimiter = ',', default_value = "")]
+    allowed_toleration_keys: Vec<String>,
+    /// Prefixes the keys of spec.podLabels must start with.
+    #[arg(long, value_delimiter = ',', default_value = tenancy::DEFAULT_POD_LABEL_PREFIX)]
+    pod_label_prefixes: Vec<String>,
+    /// Namespaces whose resources are refused.
+    #[arg(long, value_delimiter = ',', default_value = tenancy::DEFAULT_EXCLUDED_NAMESPACES)]
+    excluded_namespaces: Vec<String>,
+}
+
+impl TenancyArgs {
+    fn into_tenancy(self) -> Tenancy {
+        let list = |v: Vec<String>| v.into_iter().filter(|s| !s.is_empty()).collect();
+        Tenancy {
+            allowed_images: list(self.allowed_images),
+            allow_service_account_name: self.allow_service_account_name,
+            allowed_role_arns: list(self.allowed_role_arns),
+            allowed_priority_classes: list(self.allowed_priority_classes),
+            allowed_toleration_keys: list(self.allowed_toleration_keys),
+            pod_label_prefixes: list(self.pod_label_prefixes),
+            excluded_namespaces: list(self.excluded_namespaces),
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -108,11 +156,14 @@ async fn main() -> anyhow::Result<()> {
             instance: Some(identity.clone()),
         },
     );
+    let tenancy = cli.tenancy.into_tenancy();
+    tracing::info!(?tenancy, "tenancy guardrails");
     let ctx = Context::new(
         client.clone(),
         Defaults {
             exporter_image: cli.exporter_image.clone(),
         },
+        tenancy,
         recorder,
         metrics,
     );

@@ -19,7 +19,8 @@ use serde::Serialize;
 
 use crate::crd::KinesisExporter;
 use crate::resources::{self, Defaults};
-use crate::status::{self, DEGRADED, READY};
+use crate::status::{self, DEGRADED, Problem, READY};
+use crate::tenancy::Tenancy;
 
 /// The one field manager of every object the operator writes.
 pub const FIELD_MANAGER: &str = "kinesis-operator";
@@ -50,6 +51,7 @@ fn api_message(error: &kube::Error) -> String {
 pub struct Context {
     pub client: Client,
     pub defaults: Defaults,
+    pub tenancy: Tenancy,
     pub recorder: Recorder,
     pub metrics: crate::metrics::OperatorMetrics,
     /// Consecutive failures per resource, for the retry backoff.
@@ -60,12 +62,14 @@ impl Context {
     pub fn new(
         client: Client,
         defaults: Defaults,
+        tenancy: Tenancy,
         recorder: Recorder,
         metrics: crate::metrics::OperatorMetrics,
     ) -> Arc<Self> {
         Arc::new(Context {
             client,
             defaults,
+            tenancy,
             recorder,
             metrics,
             failures: Mutex::default(),
@@ -192,24 +196,115 @@ async fn apply_children(
     Ok(deployment)
 }
 
+/// Why an object named `name` is not ours to apply, or None when it is absent or ours.
+async fn taken<K>(api: &Api<K>, name: &str, uid: &str) -> Result<Option<String>, Error>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+    K::DynamicType: Default,
+{
+    let existing = api.get_opt(name).await.map_err(|source| Error::Apply {
+        kind: "get",
+        name: name.to_string(),
+        source,
+    })?;
+    Ok(existing.and_then(|o| {
+        resources::foreign_holder(o.meta(), uid).map(|why| {
+            let kind = K::kind(&Default::default()).to_string();
+            format!("{kind} {name} exists and is not managed by this KinesisExporter ({why})")
+        })
+    }))
+}
+
+/// The children this resource would create whose names are held by objects it does not
+/// control. Checked for all of them before anything is applied, so a conflict never leaves
+/// pods running beside an object that is not theirs.
+async fn taken_names(kex: &KinesisExporter, ctx: &Context, ns: &str) -> Result<Vec<String>, Error> {
+    let name = kex.name_any();
+    let uid = kex.metadata.uid.clone().unwrap_or_default();
+    let client = &ctx.client;
+    let mut taken_by = Vec::new();
+    if resources::service_account(kex).is_some() {
+        let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+        taken_by.extend(taken(&api, &name, &uid).await?);
+    }
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    taken_by.extend(taken(&api, &name, &uid).await?);
+    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    taken_by.extend(taken(&api, &name, &uid).await?);
+    let api: Api<Service> = Api::namespaced(client.clone(), ns);
+    taken_by.extend(taken(&api, &name, &uid).await?);
+    if resources::pod_disruption_budget(kex).is_some() {
+        let api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+        taken_by.extend(taken(&api, &name, &uid).await?);
+    }
+    Ok(taken_by)
+}
+
+/// Why this reconcile deployed nothing, beside the status it reports.
+enum Stop {
+    /// The platform's policy refuses the spec: wait for it to change.
+    NotAllowed(Problem),
+    /// A child's name is taken: look again later (the other object is not watched).
+    NameTaken(Problem),
+    /// An API call failed: retried with backoff.
+    Failed(Error),
+}
+
+impl Stop {
+    fn problem(&self) -> Problem {
+        match self {
+            Stop::NotAllowed(p) | Stop::NameTaken(p) => p.clone(),
+            Stop::Failed(e) => Problem::failed(e.to_string()),
+        }
+    }
+}
+
+/// Checks the policy and the children's names, then applies every child.
+async fn deploy(kex: &KinesisExporter, ctx: &Context, ns: &str) -> Result<Deployment, Stop> {
+    let refusals = ctx.tenancy.check(kex, &ctx.defaults.exporter_image);
+    if !refusals.is_empty() {
+        let reasons: Vec<String> = refusals.iter().map(ToString::to_string).collect();
+        return Err(Stop::NotAllowed(Problem::not_allowed(format!(
+            "refused by the platform's tenancy policy, nothing deployed: {}",
+            reasons.join("; ")
+        ))));
+    }
+    let taken_by = taken_names(kex, ctx, ns).await.map_err(Stop::Failed)?;
+    if !taken_by.is_empty() {
+        return Err(Stop::NameTaken(Problem::name_taken(format!(
+            "{}; it is left untouched and nothing is deployed: rename this KinesisExporter or \
+             remove that object",
+            taken_by.join("; ")
+        ))));
+    }
+    apply_children(kex, ctx, ns).await.map_err(Stop::Failed)
+}
+
 pub async fn reconcile(kex: Arc<KinesisExporter>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = kex.namespace().ok_or(Error::NoNamespace)?;
     let key = format!("{ns}/{}", kex.name_any());
-    let applied = apply_children(&kex, &ctx, &ns).await;
-    let (deployment, error) = match &applied {
+    let deployed = deploy(&kex, &ctx, &ns).await;
+    let (deployment, problem) = match &deployed {
         Ok(d) => (Some(d.clone()), None),
         // The counts still come from the Deployment as it is, so that the scale subresource
-        // (and any autoscaler) keeps seeing the real replicas while we are degraded.
-        Err(e) => {
+        // (and any autoscaler) keeps seeing the real replicas while we are degraded. It is
+        // read only when it is ours.
+        Err(stop) => {
             let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-            let existing = api.get_opt(&kex.name_any()).await.ok().flatten();
-            (existing, Some(e.to_string()))
+            let uid = kex.metadata.uid.clone().unwrap_or_default();
+            let existing = api
+                .get_opt(&kex.name_any())
+                .await
+                .ok()
+                .flatten()
+                .filter(|d| resources::foreign_holder(&d.metadata, &uid).is_none());
+            (existing, Some(stop.problem()))
         }
     };
     let new_status = status::compute(
         &kex,
         deployment.as_ref(),
-        error.as_deref(),
+        problem.as_ref(),
         k8s_openapi::jiff::Timestamp::now(),
     );
     if kex.status.as_ref() != Some(&new_status) {
@@ -228,15 +323,30 @@ pub async fn reconcile(kex: Arc<KinesisExporter>, ctx: Arc<Context>) -> Result<A
         .map_err(Error::Status)?;
         publish_transitions(&kex, &new_status, &ctx).await;
     }
-    match applied {
+    match deployed {
         Ok(_) => {
             ctx.failures.lock().unwrap().remove(&key);
             ctx.metrics.reconciled("ok");
             Ok(Action::requeue(Duration::from_secs(300)))
         }
-        Err(e) => Err(e),
+        Err(Stop::NotAllowed(p)) => {
+            ctx.failures.lock().unwrap().remove(&key);
+            ctx.metrics.reconciled("not_allowed");
+            tracing::warn!(resource = %key, reason = p.reason, message = %p.message, "not deploying");
+            Ok(Action::await_change())
+        }
+        Err(Stop::NameTaken(p)) => {
+            ctx.metrics.reconciled("name_taken");
+            tracing::warn!(resource = %key, reason = p.reason, message = %p.message, "not deploying");
+            Ok(Action::requeue(NAME_TAKEN_RETRY))
+        }
+        Err(Stop::Failed(e)) => Err(e),
     }
 }
+
+/// How often a resource whose child name is taken looks again: the object in the way is not
+/// ours, so no watch event says when it goes.
+const NAME_TAKEN_RETRY: Duration = Duration::from_secs(30);
 
 /// Events on transitions only: Ready gained or lost, Degraded entered.
 async fn publish_transitions(

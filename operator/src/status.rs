@@ -11,12 +11,46 @@ pub const READY: &str = "Ready";
 pub const PROGRESSING: &str = "Progressing";
 pub const DEGRADED: &str = "Degraded";
 
-/// The status for `kex` given its Deployment as applied (None when applying failed) and the
-/// error that stopped the reconcile, if any.
+/// What stopped a reconcile before everything was applied: the Degraded condition's reason
+/// and message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Problem {
+    /// An API call failed; retried with backoff.
+    pub fn failed(message: impl Into<String>) -> Self {
+        Problem {
+            reason: "ReconcileFailed",
+            message: message.into(),
+        }
+    }
+
+    /// The platform's tenancy policy refuses the spec; nothing is applied until it changes.
+    pub fn not_allowed(message: impl Into<String>) -> Self {
+        Problem {
+            reason: "NotAllowed",
+            message: message.into(),
+        }
+    }
+
+    /// A child's name is held by an object the operator does not own; it is left untouched.
+    pub fn name_taken(message: impl Into<String>) -> Self {
+        Problem {
+            reason: "NameTaken",
+            message: message.into(),
+        }
+    }
+}
+
+/// The status for `kex` given its Deployment as it stands (None when there is none) and the
+/// problem that stopped the reconcile, if any.
 pub fn compute(
     kex: &KinesisExporter,
     deployment: Option<&Deployment>,
-    error: Option<&str>,
+    problem: Option<&Problem>,
     now: Timestamp,
 ) -> KinesisExporterStatus {
     let desired = kex.spec.replicas();
@@ -37,14 +71,14 @@ pub fn compute(
         0
     };
     let rolled_out = generation_seen && updated == desired && total == desired;
-    let ready = error.is_none() && rolled_out && ready_current >= desired;
+    let ready = problem.is_none() && rolled_out && ready_current >= desired;
 
     let stuck = status.conditions.iter().flatten().find(|c| {
         (c.type_ == "Progressing" && c.status == "False")
             || (c.type_ == "ReplicaFailure" && c.status == "True")
     });
-    let degraded: Option<(&str, String)> = match (error, stuck) {
-        (Some(e), _) => Some(("ReconcileFailed", e.to_string())),
+    let degraded: Option<(&str, String)> = match (problem, stuck) {
+        (Some(p), _) => Some((p.reason, p.message.clone())),
         (None, Some(c)) => Some((
             if c.type_ == "ReplicaFailure" {
                 "PodsNotCreated"
@@ -97,7 +131,7 @@ pub fn compute(
                 format!("{ready_current}/{desired} pods available with the current configuration"),
             )
         },
-        if !rolled_out && error.is_none() {
+        if !rolled_out && problem.is_none() {
             condition(
                 PROGRESSING,
                 true,
@@ -234,7 +268,7 @@ mod tests {
         let s = compute(
             &kex(1),
             None,
-            Some("deployments.apps is forbidden"),
+            Some(&Problem::failed("deployments.apps is forbidden")),
             Timestamp::UNIX_EPOCH,
         );
         let d = get(&s, DEGRADED);

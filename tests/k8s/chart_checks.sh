@@ -76,10 +76,15 @@ bad_values=(
   "serviceMonitor.interval=soon"
   "metricsService.port=70000"
   "resources.requests.cpu=lots"
+  "tenancy.excludedNamespaces[0]=Not_A_Namespace"
+  "tenancy.allowServiceAccountName=yes"
+  "tenancy.allowedImages[0]=a\\,b"
+  "tenancy.unknownGuardrail=1"
+  "admissionPolicy.enabled=yes"
 )
 for kv in "${bad_values[@]}"; do
   setflag=--set
-  case "$kv" in leaderElection.enabled=*|serviceMonitor.interval=*|resources.*) setflag=--set-string ;; esac
+  case "$kv" in leaderElection.enabled=*|serviceMonitor.interval=*|resources.*|*=yes) setflag=--set-string ;; esac
   if "$HELM" template "$release" "$chart" --namespace "$namespace" "$setflag" "$kv" >"$tmp/bad.out" 2>&1; then
     fail "values.schema.json accepted $setflag $kv"
   fi

@@ -133,13 +133,16 @@ if deps:
             check(not mons, "no ServiceMonitor by default")
 
 # RBAC: least privilege, per mode
-full = ["get", "list", "watch", "create", "update", "patch", "delete"]
+# Only the verbs the operator calls: no update anywhere (server-side apply is a patch, and
+# create for a new object), delete only on what a spec can stop asking for.
+apply_verbs = ("get", "list", "watch", "create", "patch")
 expected_rules = sorted([
-    (("kinesis.otlp.dev",), ("kinesisexporters",), ("get", "list", "watch", "patch")),
-    (("kinesis.otlp.dev",), ("kinesisexporters/status",), ("get", "patch", "update")),
-    (("",), ("serviceaccounts", "configmaps", "services"), tuple(full)),
-    (("apps",), ("deployments",), tuple(full)),
-    (("policy",), ("poddisruptionbudgets",), tuple(full)),
+    (("kinesis.otlp.dev",), ("kinesisexporters",), ("list", "watch")),
+    (("kinesis.otlp.dev",), ("kinesisexporters/status",), ("patch",)),
+    (("",), ("configmaps", "services"), apply_verbs),
+    (("",), ("serviceaccounts",), apply_verbs + ("delete",)),
+    (("apps",), ("deployments",), apply_verbs),
+    (("policy",), ("poddisruptionbudgets",), apply_verbs + ("delete",)),
     (("events.k8s.io",), ("events",), ("create", "patch")),
 ])
 def rules_of(role):
@@ -173,17 +176,46 @@ le_roles = find("Role", le_name)
 if leader:
     check(len(le_roles) == 1 and le_roles[0]["metadata"]["namespace"] == namespace, "Lease Role only in the release namespace")
     if le_roles:
-        check(rules_of(le_roles[0]) == [(("coordination.k8s.io",), ("leases",), ("get", "create", "update", "patch"))],
-              "Lease Role rules: coordination.k8s.io leases get/create/update/patch")
+        check(rules_of(le_roles[0]) == [(("coordination.k8s.io",), ("leases",), ("get", "create", "update"))],
+              "Lease Role rules: coordination.k8s.io leases get/create/update")
     le_rbs = find("RoleBinding", le_name)
     check(len(le_rbs) == 1 and le_rbs[0]["metadata"]["namespace"] == namespace and le_rbs[0]["subjects"] == [sa_subject],
           "Lease RoleBinding in the release namespace")
 else:
     check(not le_roles and not find("RoleBinding", le_name), "no Lease Role without leader election")
+# The admission policies bind the operator's own user, with the tenancy values in them.
+username = f"system:serviceaccount:{namespace}:{fullname}"
+policies = {p["metadata"]["name"]: p for p in find("ValidatingAdmissionPolicy")}
+bindings = {b["metadata"]["name"]: b for b in find("ValidatingAdmissionPolicyBinding")}
+expected_policies = sorted(f"{fullname}-{part}" for part in ("children", "pods", "services"))
+check(sorted(policies) == expected_policies, f"admission policies {sorted(policies)}")
+check(sorted(bindings) == expected_policies, f"admission policy bindings {sorted(bindings)}")
+for name, policy in policies.items():
+    spec = policy["spec"]
+    check(spec["failurePolicy"] == "Fail", f"{name}: failurePolicy Fail")
+    check(spec["matchConditions"] == [{"name": "is-the-operator",
+                                       "expression": f'request.userInfo.username == "{username}"'}],
+          f"{name}: matches only the operator's user")
+    binding = bindings.get(name, {}).get("spec", {})
+    check(binding.get("policyName") == name and binding.get("validationActions") == ["Deny"], f"{name}: Deny binding")
+if f"{fullname}-children" in policies:
+    excluded = {v["name"]: v["expression"] for v in policies[f"{fullname}-children"]["spec"]["variables"]}["excluded"]
+    check(excluded == '["kube-system","kube-public","kube-node-lease"]', f"excluded namespaces {excluded}")
+if f"{fullname}-pods" in policies:
+    images = {v["name"]: v["expression"] for v in policies[f"{fullname}-pods"]["spec"]["variables"]}["images"]
+    wanted = r'["^registry\\.example\\.test/kinesis-exporter:0\\.1\\.0-test$"]' if ns_mode \
+        else r'["^kinesis-exporter:0\\.1\\.0$"]'
+    check(images == wanted, f"allowed images {images}, expected {wanted}")
+if deps:
+    check("--allowed-role-arns=arn:*:iam::*:role/{namespace}/*" in args
+          and "--excluded-namespaces=kube-system,kube-public,kube-node-lease" in args
+          and "--pod-label-prefixes=kinesis.otlp.dev/" in args
+          and "--allow-service-account-name" not in args, f"tenancy flags at their defaults: {args}")
 sas = find("ServiceAccount", fullname, namespace)
 check(len(sas) == 1, "ServiceAccount")
 for d in docs:
-    if d["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+    if d["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding",
+                         "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
         check("namespace" in d["metadata"], f"{d['kind']}/{d['metadata']['name']} has an explicit namespace")
 
 if problems:

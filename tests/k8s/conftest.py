@@ -24,6 +24,19 @@ import pytest
 
 from .k8s_helpers import Cluster
 
+# The operator suites' fixtures, registered here once so that session-scoped ones (the chart
+# release, the operator process) are shared by every test module rather than set up per module.
+from .operator_fixtures import (  # noqa: F401  (fixtures are used by name)
+    chart_release,
+    exporter_bin,
+    helm_bin,
+    kinesalite,
+    make_namespace,
+    moto,
+    operator,
+    operator_log_on_failure,
+)
+
 K8S_DIR = Path(__file__).resolve().parent
 CONTROLPLANE = K8S_DIR / "controlplane.sh"
 

@@ -26,8 +26,12 @@ RESTRICTED_LABELS = {
     "pod-security.kubernetes.io/enforce-version": "latest",
 }
 GROUP_VERSION = "kinesis.otlp.dev/v1alpha1"
-ROLE = "arn:aws:iam::123456789012:role/kex-e2e-writer"
 FIELD_MANAGER = "kex-e2e"
+
+
+def role_for(ns: str) -> str:
+    """A role the chart's default tenancy policy allows in ``ns``: under the IAM path ``/ns/``."""
+    return f"arn:aws:iam::123456789012:role/{ns}/kinesis-writer"
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -107,7 +111,7 @@ def helm(helm_bin: str, cluster: Cluster, *args: str, timeout: float = 300) -> s
 
 
 def kex_manifest(ns: str, name: str, stream: str, **spec) -> dict:
-    aws = {"streamName": stream, "region": "eu-west-1", "role": ROLE, **spec.pop("aws", {})}
+    aws = {"streamName": stream, "region": "eu-west-1", "role": role_for(ns), **spec.pop("aws", {})}
     return {"apiVersion": GROUP_VERSION, "kind": "KinesisExporter",
             "metadata": {"name": name, "namespace": ns}, "spec": {"aws": aws, **spec}}
 

@@ -1,17 +1,19 @@
 """Fixtures for the operator end-to-end tests (``test_operator.py``).
 
 * ``chart_release``: the chart in ``charts/kinesis-operator`` installed by the real helm into
-  ``kex-system`` (replicaCount 1; its operator pod "runs" on a kwok node).
+  ``kex-system`` (replicaCount 1, exporter image kinesis-exporter:test; its operator pod "runs"
+  on a kwok node), with its RBAC and admission policies.
 * ``operator``: ``target/debug/kinesis-operator`` (or ``$KEX_OPERATOR_BIN``) as a LOCAL
-  process whose kubeconfig holds a token of the chart's ServiceAccount, so every call it makes
-  is authorised by the chart's RBAC. Stopped with SIGTERM at the end of the session (it must
+  process with the arguments of the chart's Deployment (tenancy flags included) and a
+  kubeconfig holding a token of the chart's ServiceAccount, so every call it makes is
+  authorised by the chart's RBAC and checked by its admission policies. Stopped with SIGTERM at the end of the session (it must
   exit 0); its log is printed under each failing test (``operator_log_on_failure``).
 * ``kinesalite``, ``moto``, ``exporter_bin``: the main suite's fixtures from tests/conftest.py,
   re-exported. tests/ is on sys.path (tests/k8s is a package, so pytest puts its parent
   there) and tests/conftest.py is importable as ``conftest`` without being loaded as this
   run's conftest, so collection stays as tests/k8s/conftest.py arranges it.
 
-Test modules import the fixtures they use from here (``from .operator_fixtures import ...``).
+tests/k8s/conftest.py registers these fixtures once for every module under tests/k8s.
 """
 
 from __future__ import annotations
@@ -62,13 +64,21 @@ class ChartRelease(NamedTuple):
     manifest: list  # the rendered objects helm installed
     install_seconds: float
 
+    def operator_args(self) -> list[str]:
+        """The arguments the chart gives its operator container."""
+        (deployment,) = [d for d in self.manifest if d["kind"] == "Deployment"]
+        return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
 
 @pytest.fixture(scope="session")
 def chart_release(k8s_cluster: Cluster, helm_bin: str) -> Iterator[ChartRelease]:
-    """``helm install kex charts/kinesis-operator -n kex-system --set replicaCount=1 --wait``."""
+    """``helm install kex charts/kinesis-operator -n kex-system --set replicaCount=1 --wait``,
+    with the exporter image these tests use."""
     start = time.monotonic()
+    repository, tag = EXPORTER_IMAGE.split(":")
     helm(helm_bin, k8s_cluster, "install", RELEASE, str(CHART_DIR), "--namespace", OPERATOR_NAMESPACE,
-         "--create-namespace", "--set", "replicaCount=1", "--wait", "--timeout", "3m")
+         "--create-namespace", "--set", "replicaCount=1", "--set", f"exporterImage.repository={repository}",
+         "--set", f"exporterImage.tag={tag}", "--wait", "--timeout", "3m")
     took = time.monotonic() - start
     manifest = [doc for doc in yaml.safe_load_all(
         helm(helm_bin, k8s_cluster, "get", "manifest", RELEASE, "-n", OPERATOR_NAMESPACE).stdout) if doc]
@@ -108,9 +118,10 @@ def token_kubeconfig(path: Path, cluster: Cluster, token: str, user: str) -> Pat
 class OperatorProcess(ChildProcess):
     """``kinesis-operator`` running locally with a ServiceAccount-token kubeconfig."""
 
-    def __init__(self, binary: Path, kubeconfig: Path, workdir: Path):
+    def __init__(self, binary: Path, kubeconfig: Path, workdir: Path, chart_args: list[str]):
         super().__init__("kinesis-operator", workdir / "operator.log")
         self.binary = binary
+        self.chart_args = chart_args
         self.kubeconfig = kubeconfig
         self._port: int | None = None
 
@@ -127,8 +138,10 @@ class OperatorProcess(ChildProcess):
 
     @property
     def argv(self) -> list[str]:
-        return [str(self.binary), "--metrics-address", "127.0.0.1:0",
-                "--exporter-image", EXPORTER_IMAGE, "--log-format", "json"]
+        """The chart's arguments, with the metrics address moved to a free local port."""
+        args = list(self.chart_args)
+        args[args.index("--metrics-address") + 1] = "127.0.0.1:0"
+        return [str(self.binary), *args]
 
     def start(self) -> "OperatorProcess":
         env = child_env(
@@ -214,7 +227,7 @@ def operator(k8s_cluster: Cluster, chart_release: ChartRelease,
     assert whoami.returncode == 0, whoami.stderr
     username = json.loads(whoami.stdout)["status"]["userInfo"]["username"]
 
-    process = OperatorProcess(operator_bin(), kubeconfig, workdir)
+    process = OperatorProcess(operator_bin(), kubeconfig, workdir, chart_release.operator_args())
     start = time.monotonic()
     process.start()
     try:

@@ -25,7 +25,6 @@ import yaml
 
 from .k8s_helpers import (
     GROUP_VERSION,
-    ROLE,
     Cluster,
     apply,
     conditions,
@@ -35,21 +34,10 @@ from .k8s_helpers import (
     jwt_claims,
     kex_manifest,
     poll,
+    role_for,
     wait_ready,
 )
-from .operator_fixtures import (  # noqa: F401  (fixtures are used by name)
-    EXPORTER_IMAGE,
-    ChartRelease,
-    RunningOperator,
-    chart_release,
-    exporter_bin,
-    helm_bin,
-    kinesalite,
-    make_namespace,
-    moto,
-    operator,
-    operator_log_on_failure,
-)
+from .operator_fixtures import EXPORTER_IMAGE, ChartRelease, RunningOperator
 
 pytestmark = pytest.mark.usefixtures("operator_log_on_failure")
 
@@ -204,17 +192,21 @@ def test_chart_installs_and_operator_runs_as_its_service_account(
                                   f"app.kubernetes.io/instance={chart_release.name}")["items"]
     assert len(deploy) == 1 and deploy[0]["status"].get("availableReplicas") == 1, deploy
     args = deploy[0]["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[:2] == ["--exporter-image", "kinesis-exporter:0.1.0"], args
+    assert args[:2] == ["--exporter-image", EXPORTER_IMAGE], args
     # The CRD came from the chart's crds/ directory.
     crd = k8s_cluster.get_json("crd", "kinesisexporters.kinesis.otlp.dev")
     assert crd["spec"]["names"]["shortNames"] == ["kex"]
     # What the chart grants the operator's ServiceAccount, as the API server judges it.
     who = f"system:serviceaccount:{chart_release.namespace}:{sa}"
     for verb, resource, allowed in [("patch", "deployments.apps", "yes"), ("delete", "poddisruptionbudgets.policy", "yes"),
-                                    ("patch", "kinesisexporters.kinesis.otlp.dev/status", "yes"),
+                                    ("patch", "kinesisexporters.kinesis.otlp.dev --subresource=status", "yes"),
                                     ("create", "events.events.k8s.io", "yes"),
-                                    ("get", "secrets", "no"), ("create", "pods", "no")]:
-        got = k8s_cluster.kubectl("auth", "can-i", verb, resource, "--as", who, "-A", check=False).stdout.strip()
+                                    ("get", "secrets", "no"), ("create", "pods", "no"),
+                                    ("update", "deployments.apps", "no"), ("delete", "deployments.apps", "no"),
+                                    ("delete", "services", "no"), ("patch", "kinesisexporters.kinesis.otlp.dev", "no"),
+                                    ("update", "kinesisexporters.kinesis.otlp.dev --subresource=status", "no")]:
+        got = k8s_cluster.kubectl("auth", "can-i", verb, *resource.split(), "--as", who, "-A",
+                                  check=False).stdout.strip()
         assert got == allowed, f"can {sa} {verb} {resource}? {got}, expected {allowed}"
     log = operator.process.logs(8000)
     assert "reconciling KinesisExporter resources" in log, log
@@ -548,7 +540,7 @@ def test_rendered_config_runs_the_exporter_with_the_pod_identity(
     # are moved to free 127.0.0.1 ports.
     rendered = yaml.safe_load(got["ConfigMap"]["data"]["config.yaml"])
     assert rendered["exporters"]["kinesis"]["aws"]["kinesis_endpoint"] == kinesalite
-    assert rendered["exporters"]["kinesis"]["aws"]["role"] == ROLE
+    assert rendered["exporters"]["kinesis"]["aws"]["role"] == role_for(ns)
     protocols = rendered["receivers"]["otlp"]["protocols"]
     telemetry = rendered["service"]["telemetry"]["metrics"]
     assert (protocols["grpc"]["endpoint"], protocols["http"]["endpoint"], telemetry["address"]) == \
@@ -559,7 +551,7 @@ def test_rendered_config_runs_the_exporter_with_the_pod_identity(
     pod_spec = got["Deployment"]["spec"]["template"]["spec"]
     container = pod_spec["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"]}
-    assert env["AWS_ROLE_ARN"] == ROLE
+    assert env["AWS_ROLE_ARN"] == role_for(ns)
     projection = next(v["projected"]["sources"][0]["serviceAccountToken"]
                       for v in pod_spec["volumes"] if v["name"] == "aws-iam-token")
     mount = next(m for m in container["volumeMounts"] if m["name"] == "aws-iam-token")
@@ -601,10 +593,10 @@ def test_rendered_config_runs_the_exporter_with_the_pod_identity(
     web = sts_calls(calls, "AssumeRoleWithWebIdentity")
     assert len(web) == 1, f"expected one AssumeRoleWithWebIdentity call, got {[c.params for c in web]}"
     assert web[0].params["WebIdentityToken"] == token
-    assert web[0].params["RoleArn"] == ROLE
+    assert web[0].params["RoleArn"] == role_for(ns)
     # aws.role equals AWS_ROLE_ARN: no second hop.
     assert sts_calls(calls, "AssumeRole") == []
-    assert any(s["role_arn"] == ROLE for s in moto_assumed_roles(moto))
+    assert any(s["role_arn"] == role_for(ns) for s in moto_assumed_roles(moto))
 
 
 # --------------------------------------------------------------------------- the operator's own log

@@ -59,25 +59,48 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/*
 The rules the operator needs, shared by the ClusterRole (cluster-wide mode) and the Role in
-each watched namespace (namespaced mode). The Lease rules live in leader-election-rbac.yaml.
+each watched namespace (namespaced mode): exactly the verbs it calls. Server-side apply is a
+patch, authorized as create when the object does not exist yet; delete is only for the
+ServiceAccount and PodDisruptionBudget a spec can stop asking for. The Lease rules live in
+leader-election-rbac.yaml.
 */}}
 {{- define "kinesis-operator.rules" -}}
 - apiGroups: ["kinesis.otlp.dev"]
   resources: ["kinesisexporters"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch"]
 - apiGroups: ["kinesis.otlp.dev"]
   resources: ["kinesisexporters/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["patch"]
 - apiGroups: [""]
-  resources: ["serviceaccounts", "configmaps", "services"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  resources: ["configmaps", "services"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "update", "patch", "delete"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{/* The operator's user name, as the API server sees its ServiceAccount token. */}}
+{{- define "kinesis-operator.username" -}}
+system:serviceaccount:{{ .Release.Namespace }}:{{ include "kinesis-operator.serviceAccountName" . }}
+{{- end }}
+
+{{/*
+A list of globs (`*` any run of characters, `?` one character) as a CEL list of anchored
+regular expressions, the same matching as the operator's --allowed-* flags.
+*/}}
+{{- define "kinesis-operator.globRegexes" -}}
+{{- $out := list }}
+{{- range . }}
+{{- $out = append $out (printf "^%s$" (regexQuoteMeta . | replace "\\*" ".*" | replace "\\?" ".")) }}
+{{- end }}
+{{- toJson $out }}
 {{- end }}

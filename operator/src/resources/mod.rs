@@ -81,5 +81,21 @@ fn owner_reference(kex: &KinesisExporter) -> Option<OwnerReference> {
     kex.controller_owner_ref(&())
 }
 
+/// Why an existing object named like a child is not ours to change, or None when its
+/// controller is the KinesisExporter whose uid is `uid`. The operator never adopts: an object
+/// it did not create keeps its owner, its spec and its traffic.
+pub fn foreign_holder(existing: &ObjectMeta, uid: &str) -> Option<String> {
+    let controller = existing
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    match controller {
+        Some(o) if o.uid == uid && o.kind == "KinesisExporter" => None,
+        Some(o) => Some(format!("its controller is {} {}", o.kind, o.name)),
+        None => Some("the operator did not create it".into()),
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -410,3 +410,34 @@ fn service_ports_and_the_disruption_budget() {
     let cm = config_map(&k);
     assert!(cm.data.unwrap()[CONFIG_FILE].contains("stream_name: traces"));
 }
+
+#[test]
+fn only_objects_this_resource_controls_are_ours() {
+    let k = kex(json!({}));
+    let mine = child_meta(&k);
+    assert_eq!(foreign_holder(&mine, "0b9c-uid"), None);
+
+    let unowned = ObjectMeta {
+        name: Some("a".into()),
+        ..ObjectMeta::default()
+    };
+    assert_eq!(
+        foreign_holder(&unowned, "0b9c-uid").as_deref(),
+        Some("the operator did not create it")
+    );
+    // Same name and labels, but controlled by something else (another resource's uid, or
+    // another kind): not ours either.
+    let mut other = child_meta(&k);
+    other.owner_references.as_mut().unwrap()[0].uid = "another-uid".into();
+    assert!(foreign_holder(&other, "0b9c-uid").is_some());
+    let mut replica_set = child_meta(&k);
+    replica_set.owner_references.as_mut().unwrap()[0].kind = "ReplicaSet".into();
+    assert_eq!(
+        foreign_holder(&replica_set, "0b9c-uid").as_deref(),
+        Some("its controller is ReplicaSet team-a")
+    );
+    // An owner that is not the controller does not make it ours.
+    let mut not_controller = child_meta(&k);
+    not_controller.owner_references.as_mut().unwrap()[0].controller = Some(false);
+    assert!(foreign_holder(&not_controller, "0b9c-uid").is_some());
+}

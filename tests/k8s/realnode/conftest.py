@@ -16,7 +16,6 @@ import pytest
 from conftest import start_kinesalite, start_moto_server
 
 from ..k8s_helpers import OPERATOR_NAMESPACE, Cluster
-from ..operator_fixtures import helm_bin  # noqa: F401  (fixture used by name)
 from . import platform
 from .platform import RealNode
 

@@ -83,6 +83,8 @@ def install_operator(helm_bin: str, cluster: Cluster, node: RealNode, workdir: P
         "image": {"repository": OPERATOR_IMAGE.split(":")[0], "tag": OPERATOR_IMAGE.split(":")[1],
                   "pullPolicy": "Never"},
         "exporterImage": {"repository": EXPORTER_IMAGE.split(":")[0], "tag": EXPORTER_IMAGE.split(":")[1]},
+        # Exporters may tolerate the real node's taint, and nothing else (the tenancy default).
+        "tenancy": {"allowedTolerationKeys": [node.taint_key]},
         **node.placement(),
     }
     values_file = workdir / "values.yaml"

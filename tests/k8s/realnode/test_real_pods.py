@@ -20,7 +20,7 @@ from pathlib import Path
 from conftest import create_stream, start_recording, stop_recording, sts_calls
 from otlp_helpers import read_signal, send_traces, spans_of
 
-from ..k8s_helpers import ROLE, Cluster, get_kex, jwt_claims, make_namespace, poll, wait_ready
+from ..k8s_helpers import Cluster, get_kex, jwt_claims, make_namespace, poll, role_for, wait_ready
 from .conftest import BridgePeers
 from .load import HEADER, SpanLoad
 from .platform import (
@@ -118,7 +118,7 @@ def test_exporter_pods_become_ready_and_carry_otlp_through_the_service(
     assert web, "no AssumeRoleWithWebIdentity call reached moto"
     pod_names = {p["metadata"]["name"] for p in exporter_pods}
     for call in web:
-        assert call.params["RoleArn"] == ROLE
+        assert call.params["RoleArn"] == role_for(ns)
         claims = jwt_claims(call.params["WebIdentityToken"])
         assert claims["aud"] == ["sts.amazonaws.com"], claims
         assert claims["sub"] == f"system:serviceaccount:{ns}:{name}", claims
