@@ -5,6 +5,7 @@
 //! [`tenancy`] is the platform's policy on what a resource may ask for; [`reconcile`] applies
 //! the objects and reports status.
 
+pub mod children;
 pub mod crd;
 pub mod leader;
 pub mod metrics;

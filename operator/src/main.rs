@@ -5,11 +5,10 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use kinesis_operator::crd::KinesisExporter;
-use kinesis_operator::metrics::OperatorMetrics;
-use kinesis_operator::reconcile::{self, Context, OwnedApis};
+use kinesis_operator::metrics::{OperatorMetrics, Readiness};
+use kinesis_operator::reconcile::{self, Context, OwnedApis, RunSettings};
 use kinesis_operator::resources::Defaults;
 use kinesis_operator::tenancy::{self, Tenancy};
-use kube::Client;
 use kube::api::Api;
 use kube::runtime::events::{Recorder, Reporter};
 use prometheus_client::registry::Registry;
@@ -48,6 +47,13 @@ struct Cli {
     /// Log line format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// Reconciles running at once, across all resources.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+    /// Requests per second the operator sends to the API server at most (a client-side limit,
+    /// so that a burst of resources never floods it).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    api_qps: u64,
     #[command(flatten)]
     tenancy: TenancyArgs,
 }
@@ -117,9 +123,16 @@ async fn main() -> anyhow::Result<()> {
     }
 
     kinesis_operator::install_crypto_provider();
-    let client = Client::try_default()
+    let config = kube::Config::infer()
         .await
-        .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+        .context("cannot find the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let client = kube::client::ClientBuilder::try_from(config)
+        .context("cannot build the Kubernetes client")?
+        .with_layer(&tower::limit::RateLimitLayer::new(
+            cli.api_qps,
+            std::time::Duration::from_secs(1),
+        ))
+        .build();
     let identity = std::env::var("POD_NAME")
         .unwrap_or_else(|_| format!("kinesis-operator-{:08x}", std::process::id()));
 
@@ -136,7 +149,8 @@ async fn main() -> anyhow::Result<()> {
         })?;
     // Logged as bound, so `--metrics-address 127.0.0.1:0` can be used and read back.
     tracing::info!(address = %listener.local_addr()?, "serving /metrics, /healthz and /readyz");
-    let router = kinesis_operator::metrics::router(Arc::new(registry));
+    let readiness = Readiness::default();
+    let router = kinesis_operator::metrics::router(Arc::new(registry), readiness.clone());
     tokio::spawn(async move { axum::serve(listener, router).await });
 
     if cli.leader_election {
@@ -175,13 +189,20 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(
         namespaces = if namespaces.is_empty() { "all".to_string() } else { namespaces.join(",") },
         exporter_image = %cli.exporter_image,
+        concurrency = cli.concurrency,
+        api_qps = cli.api_qps,
         "reconciling KinesisExporter resources"
     );
+    let settings = RunSettings {
+        concurrency: cli.concurrency,
+    };
     if namespaces.is_empty() {
         reconcile::run(
             Api::<KinesisExporter>::all(client.clone()),
             OwnedApis::new(&client, None),
             ctx,
+            settings,
+            readiness,
         )
         .await;
     } else {
@@ -190,6 +211,8 @@ async fn main() -> anyhow::Result<()> {
                 Api::<KinesisExporter>::namespaced(client.clone(), ns),
                 OwnedApis::new(&client, Some(ns)),
                 ctx.clone(),
+                settings,
+                readiness.clone(),
             )
         });
         futures::future::join_all(controllers).await;

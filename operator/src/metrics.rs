@@ -12,9 +12,16 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ApplyLabels {
+    pub kind: String,
+    pub result: &'static str,
+}
+
 #[derive(Clone, Default)]
 pub struct OperatorMetrics {
     pub reconciliations: Family<ResultLabel, Counter>,
+    pub applies: Family<ApplyLabels, Counter>,
 }
 
 impl OperatorMetrics {
@@ -24,6 +31,18 @@ impl OperatorMetrics {
             "Reconciliations of KinesisExporter resources by result",
             self.reconciliations.clone(),
         );
+        registry.register(
+            "child_applies",
+            "Children of KinesisExporters by kind and result: applied (a server-side apply was \
+             sent) or unchanged (exactly as last applied, nothing sent)",
+            self.applies.clone(),
+        );
+    }
+
+    pub fn applied(&self, kind: String, result: &'static str) {
+        self.applies
+            .get_or_create(&ApplyLabels { kind, result })
+            .inc();
     }
 
     pub fn reconciled(&self, result: &'static str) {
@@ -51,8 +70,31 @@ fn metrics_response(registry: &Registry) -> axum::response::Response {
     }
 }
 
+/// Whether the operator is ready: no controller still filling its cache. A standby replica
+/// (waiting for the leader Lease) runs no controller and is ready.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    syncing: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Readiness {
+    pub fn begin_sync(&self) {
+        self.syncing
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn synced(&self) {
+        self.syncing
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.syncing.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+}
+
 /// /metrics, /healthz and /readyz of the operator.
-pub fn router(registry: Arc<Registry>) -> axum::Router {
+pub fn router(registry: Arc<Registry>, readiness: Readiness) -> axum::Router {
     use axum::routing::get;
     axum::Router::new()
         .route(
@@ -63,5 +105,18 @@ pub fn router(registry: Arc<Registry>) -> axum::Router {
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(|| async { "ready\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = readiness.is_ready();
+                async move {
+                    use axum::http::StatusCode;
+                    if ready {
+                        (StatusCode::OK, "ready\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "syncing caches\n")
+                    }
+                }
+            }),
+        )
 }

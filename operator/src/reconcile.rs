@@ -10,13 +10,13 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
-use serde::Serialize;
 
+use crate::children;
 use crate::crd::KinesisExporter;
 use crate::resources::{self, Defaults};
 use crate::status::{self, DEGRADED, Problem, READY};
@@ -49,6 +49,8 @@ fn api_message(error: &kube::Error) -> String {
 
 /// Shared by every reconcile.
 pub struct Context {
+    /// What was last applied to each child, so unchanged children are not written again.
+    pub applied: crate::children::Applied,
     pub client: Client,
     pub defaults: Defaults,
     pub tenancy: Tenancy,
@@ -67,6 +69,7 @@ impl Context {
         metrics: crate::metrics::OperatorMetrics,
     ) -> Arc<Self> {
         Arc::new(Context {
+            applied: Default::default(),
             client,
             defaults,
             tenancy,
@@ -75,169 +78,6 @@ impl Context {
             failures: Mutex::default(),
         })
     }
-}
-
-async fn apply<K>(api: &Api<K>, object: &K) -> Result<K, Error>
-where
-    K: Resource + Serialize + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
-{
-    let name = object.meta().name.clone().unwrap_or_default();
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(object),
-    )
-    .await
-    .map_err(|source| Error::Apply {
-        kind: std::any::type_name::<K>()
-            .rsplit("::")
-            .next()
-            .unwrap_or("object"),
-        name,
-        source,
-    })
-}
-
-/// Deletes a child the spec no longer asks for, if it exists and is ours.
-async fn remove_if_owned<K>(api: &Api<K>, kex: &KinesisExporter) -> Result<(), Error>
-where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
-{
-    let name = kex.name_any();
-    let Ok(Some(existing)) = api.get_opt(&name).await else {
-        return Ok(());
-    };
-    let ours = existing
-        .owner_references()
-        .iter()
-        .any(|o| Some(&o.uid) == kex.metadata.uid.as_ref());
-    if ours {
-        api.delete(&name, &DeleteParams::default())
-            .await
-            .map_err(|source| Error::Apply {
-                kind: "delete",
-                name,
-                source,
-            })?;
-    }
-    Ok(())
-}
-
-/// Applies the Service. Ports are a list keyed by port number: an edited number would be a
-/// new entry owned by whoever edited it, and ours would come back beside it under the same
-/// name, which the API server refuses. So drifted ports are put back wholesale first.
-async fn apply_service(api: &Api<Service>, desired: &Service) -> Result<Service, Error> {
-    let name = desired.metadata.name.clone().unwrap_or_default();
-    let wanted = desired
-        .spec
-        .as_ref()
-        .and_then(|s| s.ports.clone())
-        .unwrap_or_default();
-    if let Ok(Some(existing)) = api.get_opt(&name).await {
-        let ports = existing.spec.and_then(|s| s.ports).unwrap_or_default();
-        let key = |p: &k8s_openapi::api::core::v1::ServicePort| {
-            (
-                p.name.clone(),
-                p.port,
-                p.target_port.clone(),
-                p.protocol.clone(),
-            )
-        };
-        if ports.iter().map(key).ne(wanted.iter().map(key)) {
-            tracing::info!(service = %name, "ports drifted; restoring them");
-            let patch = serde_json::json!({"spec": {"ports": wanted}});
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-                .map_err(|source| Error::Apply {
-                    kind: "Service",
-                    name: name.clone(),
-                    source,
-                })?;
-        }
-    }
-    apply(api, desired).await
-}
-
-async fn apply_children(
-    kex: &KinesisExporter,
-    ctx: &Context,
-    ns: &str,
-) -> Result<Deployment, Error> {
-    let client = ctx.client.clone();
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    match resources::service_account(kex) {
-        Some(sa) => {
-            apply(&accounts, &sa).await?;
-        }
-        None => remove_if_owned(&accounts, kex).await?,
-    }
-    apply(
-        &Api::<ConfigMap>::namespaced(client.clone(), ns),
-        &resources::config_map(kex),
-    )
-    .await?;
-    let deployment = apply(
-        &Api::<Deployment>::namespaced(client.clone(), ns),
-        &resources::deployment(kex, &ctx.defaults),
-    )
-    .await?;
-    apply_service(
-        &Api::<Service>::namespaced(client.clone(), ns),
-        &resources::service(kex),
-    )
-    .await?;
-    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client, ns);
-    match resources::pod_disruption_budget(kex) {
-        Some(pdb) => {
-            apply(&budgets, &pdb).await?;
-        }
-        None => remove_if_owned(&budgets, kex).await?,
-    }
-    Ok(deployment)
-}
-
-/// Why an object named `name` is not ours to apply, or None when it is absent or ours.
-async fn taken<K>(api: &Api<K>, name: &str, uid: &str) -> Result<Option<String>, Error>
-where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
-    K::DynamicType: Default,
-{
-    let existing = api.get_opt(name).await.map_err(|source| Error::Apply {
-        kind: "get",
-        name: name.to_string(),
-        source,
-    })?;
-    Ok(existing.and_then(|o| {
-        resources::foreign_holder(o.meta(), uid).map(|why| {
-            let kind = K::kind(&Default::default()).to_string();
-            format!("{kind} {name} exists and is not managed by this KinesisExporter ({why})")
-        })
-    }))
-}
-
-/// The children this resource would create whose names are held by objects it does not
-/// control. Checked for all of them before anything is applied, so a conflict never leaves
-/// pods running beside an object that is not theirs.
-async fn taken_names(kex: &KinesisExporter, ctx: &Context, ns: &str) -> Result<Vec<String>, Error> {
-    let name = kex.name_any();
-    let uid = kex.metadata.uid.clone().unwrap_or_default();
-    let client = &ctx.client;
-    let mut taken_by = Vec::new();
-    if resources::service_account(kex).is_some() {
-        let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-        taken_by.extend(taken(&api, &name, &uid).await?);
-    }
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    taken_by.extend(taken(&api, &name, &uid).await?);
-    let api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    taken_by.extend(taken(&api, &name, &uid).await?);
-    let api: Api<Service> = Api::namespaced(client.clone(), ns);
-    taken_by.extend(taken(&api, &name, &uid).await?);
-    if resources::pod_disruption_budget(kex).is_some() {
-        let api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
-        taken_by.extend(taken(&api, &name, &uid).await?);
-    }
-    Ok(taken_by)
 }
 
 /// Why this reconcile deployed nothing, beside the status it reports.
@@ -259,47 +99,55 @@ impl Stop {
     }
 }
 
-/// Checks the policy and the children's names, then applies every child.
-async fn deploy(kex: &KinesisExporter, ctx: &Context, ns: &str) -> Result<Deployment, Stop> {
+/// Checks the policy and the children's names, then applies every child. Beside the outcome,
+/// the Deployment as it stands when nothing could be applied (it is read only when ours).
+async fn deploy(
+    kex: &KinesisExporter,
+    ctx: &Context,
+    ns: &str,
+) -> (Result<Deployment, Stop>, Option<Deployment>) {
+    let existing = match children::read(kex, ctx, ns).await {
+        Ok(existing) => existing,
+        Err(e) => return (Err(Stop::Failed(e)), None),
+    };
+    let uid = kex.metadata.uid.clone().unwrap_or_default();
+    let ours = existing
+        .deployment
+        .clone()
+        .filter(|d| resources::foreign_holder(&d.metadata, &uid).is_none());
     let refusals = ctx.tenancy.check(kex, &ctx.defaults.exporter_image);
     if !refusals.is_empty() {
         let reasons: Vec<String> = refusals.iter().map(ToString::to_string).collect();
-        return Err(Stop::NotAllowed(Problem::not_allowed(format!(
+        let problem = Problem::not_allowed(format!(
             "refused by the platform's tenancy policy, nothing deployed: {}",
             reasons.join("; ")
-        ))));
+        ));
+        return (Err(Stop::NotAllowed(problem)), ours);
     }
-    let taken_by = taken_names(kex, ctx, ns).await.map_err(Stop::Failed)?;
+    let taken_by = children::taken_names(kex, &existing);
     if !taken_by.is_empty() {
-        return Err(Stop::NameTaken(Problem::name_taken(format!(
+        let problem = Problem::name_taken(format!(
             "{}; it is left untouched and nothing is deployed: rename this KinesisExporter or \
              remove that object",
             taken_by.join("; ")
-        ))));
+        ));
+        return (Err(Stop::NameTaken(problem)), ours);
     }
-    apply_children(kex, ctx, ns).await.map_err(Stop::Failed)
+    match children::apply(kex, ctx, ns, existing).await {
+        Ok(deployment) => (Ok(deployment), None),
+        Err(e) => (Err(Stop::Failed(e)), ours),
+    }
 }
 
 pub async fn reconcile(kex: Arc<KinesisExporter>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = kex.namespace().ok_or(Error::NoNamespace)?;
     let key = format!("{ns}/{}", kex.name_any());
-    let deployed = deploy(&kex, &ctx, &ns).await;
+    let (deployed, standing) = deploy(&kex, &ctx, &ns).await;
     let (deployment, problem) = match &deployed {
         Ok(d) => (Some(d.clone()), None),
-        // The counts still come from the Deployment as it is, so that the scale subresource
-        // (and any autoscaler) keeps seeing the real replicas while we are degraded. It is
-        // read only when it is ours.
-        Err(stop) => {
-            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-            let uid = kex.metadata.uid.clone().unwrap_or_default();
-            let existing = api
-                .get_opt(&kex.name_any())
-                .await
-                .ok()
-                .flatten()
-                .filter(|d| resources::foreign_holder(&d.metadata, &uid).is_none());
-            (existing, Some(stop.problem()))
-        }
+        // The counts still come from the Deployment as it stands, so that the scale
+        // subresource (and any autoscaler) keeps seeing the real replicas while we are degraded.
+        Err(stop) => (standing, Some(stop.problem())),
     };
     let new_status = status::compute(
         &kex,
@@ -404,32 +252,167 @@ pub fn error_policy(kex: Arc<KinesisExporter>, error: &Error, ctx: Arc<Context>)
     Action::requeue(delay)
 }
 
-/// Runs the controller over `api` until the stream ends (shutdown).
-pub async fn run(api: Api<KinesisExporter>, owned: OwnedApis, ctx: Arc<Context>) {
-    Controller::new(api, watcher::Config::default())
-        .owns(owned.deployments, watcher::Config::default())
-        .owns(owned.config_maps, watcher::Config::default())
-        .owns(owned.services, watcher::Config::default())
-        .owns(owned.service_accounts, watcher::Config::default())
-        .owns(owned.budgets, watcher::Config::default())
-        .shutdown_on_signal()
+/// The label every child carries. The watches of the children select on it, so the operator
+/// caches and hears about its own objects only, not every Deployment, ConfigMap, Service,
+/// ServiceAccount and PodDisruptionBudget in the cluster.
+pub const MANAGED_BY_SELECTOR: &str = "app.kubernetes.io/managed-by=kinesis-operator";
+
+/// How long a resource the watch announced but the cache does not hold yet waits before it is
+/// looked up again, and how many times: during a re-list (after the API server restarts, say)
+/// the cache is swapped in only once the list is complete.
+const NOT_IN_CACHE_RETRY: Duration = Duration::from_secs(1);
+const NOT_IN_CACHE_ATTEMPTS: u32 = 120;
+
+/// The controller's settings from the command line.
+#[derive(Debug, Clone, Copy)]
+pub struct RunSettings {
+    /// Reconciles running at once, across all resources.
+    pub concurrency: u16,
+}
+
+/// Runs the controller over `api` until the stream ends (shutdown). `readiness` counts this
+/// controller as syncing until its cache of KinesisExporters is complete.
+pub async fn run(
+    api: Api<KinesisExporter>,
+    owned: OwnedApis,
+    ctx: Arc<Context>,
+    settings: RunSettings,
+    readiness: crate::metrics::Readiness,
+) {
+    use kube::runtime::WatchStreamExt;
+    use kube::runtime::reflector::{self, ObjectRef};
+
+    // Each watch backs off on its own (client-go's schedule, capped at 30 s), so one failing
+    // stream never holds back the others; the controller adds no delay of its own.
+    let children = || watcher::Config::default().labels(MANAGED_BY_SELECTOR);
+    let (store, writer) = reflector::store();
+    let resources = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects();
+    let (retry_tx, retry_rx) = futures::channel::mpsc::unbounded::<ObjectRef<KinesisExporter>>();
+    let controller = Controller::for_stream(resources, store.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
+        .trigger_backoff(NoExtraBackoff)
+        .owns_stream(
+            watcher(owned.deployments, children())
+                .default_backoff()
+                .touched_objects(),
+        )
+        .owns_stream(
+            watcher(owned.config_maps, children())
+                .default_backoff()
+                .touched_objects(),
+        )
+        .owns_stream(
+            watcher(owned.services, children())
+                .default_backoff()
+                .touched_objects(),
+        )
+        .owns_stream(
+            watcher(owned.service_accounts, children())
+                .default_backoff()
+                .touched_objects(),
+        )
+        .owns_stream(
+            watcher(owned.budgets, children())
+                .default_backoff()
+                .touched_objects(),
+        )
+        .reconcile_on(retry_rx)
+        .shutdown_on_signal();
+
+    readiness.begin_sync();
+    tokio::spawn({
+        let readiness = readiness.clone();
+        async move {
+            // Polled again and again: the store wakes only its latest waiter, and the
+            // controller waits on it too.
+            loop {
+                match tokio::time::timeout(Duration::from_millis(250), store.wait_until_ready())
+                    .await
+                {
+                    Ok(Ok(())) => {
+                        tracing::info!("KinesisExporter cache synced");
+                        readiness.synced();
+                        return;
+                    }
+                    Ok(Err(_)) => return,
+                    Err(_) => continue,
+                }
+            }
+        }
+    });
+
+    let attempts: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    controller
         .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(resource = %object.name, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+        .for_each(|result| {
+            let retry_tx = retry_tx.clone();
+            let attempts = attempts.clone();
+            async move {
+                use kube::runtime::controller::Error as ControllerError;
+                match result {
+                    Ok((object, _)) => {
+                        attempts.lock().unwrap().remove(&object.to_string());
+                        tracing::debug!(resource = %object.name, "reconciled")
+                    }
+                    // Announced by the watch but not in the cache yet: look again shortly
+                    // rather than drop it (kube-runtime would).
+                    Err(ControllerError::ObjectNotFound(object)) => {
+                        let key = object.to_string();
+                        let attempt = {
+                            let mut map = attempts.lock().unwrap();
+                            let n = map.entry(key.clone()).or_insert(0);
+                            *n += 1;
+                            *n
+                        };
+                        if attempt > NOT_IN_CACHE_ATTEMPTS {
+                            attempts.lock().unwrap().remove(&key);
+                            tracing::warn!(resource = %key, "not in the cache after {NOT_IN_CACHE_ATTEMPTS} attempts; gone");
+                            return;
+                        }
+                        tracing::debug!(resource = %key, attempt, "not in the cache yet; retrying");
+                        let mut again = ObjectRef::<KinesisExporter>::new(&object.name);
+                        if let Some(ns) = &object.namespace {
+                            again = again.within(ns);
+                        }
+                        tokio::spawn(async move {
+                            tokio::time::sleep(NOT_IN_CACHE_RETRY).await;
+                            let _ = retry_tx.unbounded_send(again);
+                        });
+                    }
+                    // Reconcile failures are logged by error_policy; the rest are watch errors.
+                    Err(ControllerError::ReconcilerFailed(..)) => {}
+                    Err(e) => tracing::warn!(error = %e, "watch error"),
+                }
             }
         })
         .await;
 }
 
-/// The children's APIs, cluster-wide or in one namespace like the resource's.
+/// The controller's own delay after a watch error: none, as each watch backs off by itself.
+struct NoExtraBackoff;
+
+impl Iterator for NoExtraBackoff {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        Some(Duration::ZERO)
+    }
+}
+
+impl kube::runtime::utils::Backoff for NoExtraBackoff {
+    fn reset(&mut self) {}
+}
+
+/// The children's APIs for metadata-only watches, cluster-wide or in one namespace like the
+/// resource's.
 pub struct OwnedApis {
-    pub deployments: Api<Deployment>,
-    pub config_maps: Api<ConfigMap>,
-    pub services: Api<Service>,
-    pub service_accounts: Api<ServiceAccount>,
-    pub budgets: Api<PodDisruptionBudget>,
+    pub deployments: Api<PartialObjectMeta<Deployment>>,
+    pub config_maps: Api<PartialObjectMeta<ConfigMap>>,
+    pub services: Api<PartialObjectMeta<Service>>,
+    pub service_accounts: Api<PartialObjectMeta<ServiceAccount>>,
+    pub budgets: Api<PartialObjectMeta<PodDisruptionBudget>>,
 }
 
 impl OwnedApis {

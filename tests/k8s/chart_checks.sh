@@ -81,6 +81,8 @@ bad_values=(
   "tenancy.allowedImages[0]=a\\,b"
   "tenancy.unknownGuardrail=1"
   "admissionPolicy.enabled=yes"
+  "controller.concurrency=0"
+  "controller.apiQps=0.5"
 )
 for kv in "${bad_values[@]}"; do
   setflag=--set

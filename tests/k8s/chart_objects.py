@@ -211,6 +211,7 @@ if deps:
           and "--excluded-namespaces=kube-system,kube-public,kube-node-lease" in args
           and "--pod-label-prefixes=kinesis.otlp.dev/" in args
           and "--allow-service-account-name" not in args, f"tenancy flags at their defaults: {args}")
+    check("--concurrency=16" in args and "--api-qps=50" in args, f"controller flags at their defaults: {args}")
 sas = find("ServiceAccount", fullname, namespace)
 check(len(sas) == 1, "ServiceAccount")
 for d in docs:

@@ -193,6 +193,12 @@ class OperatorProcess(ChildProcess):
         assert status == 200, f"/metrics answered {status}"
         return text
 
+    def child_applies(self, result: str) -> float:
+        """kinesis_operator_child_applies_total{result=...}, summed over kinds."""
+        pattern = re.compile(r'^kinesis_operator_child_applies_total\{(.*)\}\s+(\S+)', re.M)
+        return sum(float(value) for labels, value in pattern.findall(self.metrics_text())
+                   if f'result="{result}"' in labels)
+
     def reconciliations(self, result: str = "ok") -> float:
         """kinesis_operator_reconciliations_total{result=...} (0 before the first one)."""
         pattern = re.compile(r'^kinesis_operator_reconciliations_total\{result="%s"\}\s+(\S+)' % re.escape(result), re.M)

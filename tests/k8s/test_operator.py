@@ -114,6 +114,8 @@ def trigger_reconcile(cluster: Cluster, operator: RunningOperator, ns: str, name
     probe = {
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": f"{name}-reconcile-probe", "namespace": ns,
+                     # The operator watches only objects carrying its label.
+                     "labels": {"app.kubernetes.io/managed-by": "kinesis-operator"},
                      "ownerReferences": [{"apiVersion": GROUP_VERSION, "kind": "KinesisExporter",
                                           "name": name, "uid": kex["metadata"]["uid"]}]},
         "data": {"nonce": uuid.uuid4().hex},
@@ -338,12 +340,18 @@ def test_reapplying_the_same_spec_changes_nothing(k8s_cluster: Cluster, operator
     assert "serverside-applied" in out, out
     # Two reconciles with nothing to change: neither the resource (its status) nor any child
     # may be written.
+    applied = operator.process.child_applies("applied")
+    unchanged = operator.process.child_applies("unchanged")
     trigger_reconcile(k8s_cluster, operator, ns_a, name)
     trigger_reconcile(k8s_cluster, operator, ns_a, name)
     after = resource_versions(k8s_cluster, ns_a, name)
     changed = {k: (before[k], after.get(k)) for k in before if before[k] != after.get(k)}
     assert not changed, f"resourceVersion changed (before, after) with nothing to do: {changed}"
     assert get_kex(k8s_cluster, ns_a, name)["metadata"]["generation"] == 1
+    # Quiet at rest: not even a no-op apply is sent (each is a PATCH request the API server
+    # must process); the operator compares with what it last applied instead.
+    assert operator.process.child_applies("applied") == applied, "children were re-applied at rest"
+    assert operator.process.child_applies("unchanged") >= unchanged + 2 * len(CHILDREN)
 
 
 # --------------------------------------------------------------------------- 4. validation

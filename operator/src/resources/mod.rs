@@ -81,6 +81,21 @@ fn owner_reference(kex: &KinesisExporter) -> Option<OwnerReference> {
     kex.controller_owner_ref(&())
 }
 
+/// What changes whenever someone else changes a child: its generation for kinds that have one
+/// (a Deployment's status moves its resourceVersion, not its generation), else its
+/// resourceVersion; and the labels and owner references, which move neither generation.
+pub fn fingerprint(meta: &ObjectMeta) -> String {
+    let version = match meta.generation {
+        Some(generation) if generation > 0 => format!("generation {generation}"),
+        _ => format!(
+            "resourceVersion {}",
+            meta.resource_version.as_deref().unwrap_or("")
+        ),
+    };
+    let identity = serde_json::json!([meta.labels, meta.owner_references]);
+    format!("{version} {identity}")
+}
+
 /// Why an existing object named like a child is not ours to change, or None when its
 /// controller is the KinesisExporter whose uid is `uid`. The operator never adopts: an object
 /// it did not create keeps its owner, its spec and its traffic.

@@ -441,3 +441,36 @@ fn only_objects_this_resource_controls_are_ours() {
     not_controller.owner_references.as_mut().unwrap()[0].controller = Some(false);
     assert!(foreign_holder(&not_controller, "0b9c-uid").is_some());
 }
+
+#[test]
+fn the_fingerprint_moves_with_what_others_change_and_not_with_status() {
+    let k = kex(json!({}));
+    let mut meta = child_meta(&k);
+    meta.generation = Some(3);
+    meta.resource_version = Some("100".into());
+    let base = fingerprint(&meta);
+    // A Deployment's status update moves its resourceVersion only.
+    let mut status_only = meta.clone();
+    status_only.resource_version = Some("101".into());
+    assert_eq!(fingerprint(&status_only), base);
+    // A spec edit moves the generation; a removed owner reference or label moves neither.
+    let mut spec_edit = meta.clone();
+    spec_edit.generation = Some(4);
+    assert_ne!(fingerprint(&spec_edit), base);
+    let mut orphaned = meta.clone();
+    orphaned.owner_references = None;
+    assert_ne!(fingerprint(&orphaned), base);
+    let mut relabelled = meta.clone();
+    relabelled
+        .labels
+        .as_mut()
+        .unwrap()
+        .insert("x".into(), "y".into());
+    assert_ne!(fingerprint(&relabelled), base);
+    // Kinds without a generation (ConfigMap, Service) go by resourceVersion.
+    let mut config_map = meta.clone();
+    config_map.generation = None;
+    let mut edited = config_map.clone();
+    edited.resource_version = Some("102".into());
+    assert_ne!(fingerprint(&config_map), fingerprint(&edited));
+}
