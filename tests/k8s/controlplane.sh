@@ -6,6 +6,8 @@
 #   tests/k8s/controlplane.sh up DIR       start them on 127.0.0.1 (free ports), state in DIR,
 #                                          admin kubeconfig in DIR/kubeconfig, logs in DIR/logs/
 #   tests/k8s/controlplane.sh down DIR     stop everything `up DIR` started (safe to repeat)
+#   tests/k8s/controlplane.sh kill-apiserver DIR   kill -9 the apiserver (a crash)
+#   tests/k8s/controlplane.sh start-apiserver DIR  start it again as before; waits for /readyz
 #   tests/k8s/controlplane.sh bin NAME     print the cached path of one binary (builds if needed)
 #
 # Binaries are cached outside the work tree, keyed by version:
@@ -313,8 +315,10 @@ KC
 # record its pid in DIR/pids/NAME.pid.
 start() {
   local name="$1" dir="$2"; shift 2
-  mkdir -p "$dir/logs" "$dir/pids"
-  setsid "$@" > "$dir/logs/$name.log" 2>&1 < /dev/null &
+  mkdir -p "$dir/logs" "$dir/pids" "$dir/cmd"
+  # The command line, NUL-separated, so a component can be started again (start-apiserver).
+  printf '%s\0' "$@" > "$dir/cmd/$name"
+  setsid "$@" >> "$dir/logs/$name.log" 2>&1 < /dev/null &
   echo $! > "$dir/pids/$name.pid"
   WATCH_DIR="$dir"; WATCH="$WATCH $name"
 }
@@ -529,6 +533,31 @@ cmd_down() {
   rmdir "$dir/pids" 2>/dev/null || true
 }
 
+# A crash of the apiserver (kill -9, no graceful shutdown), for the operator's recovery tests.
+cmd_kill_apiserver() {
+  [ $# -eq 1 ] || die "usage: $0 kill-apiserver DIR"
+  local dir="$1" pid
+  pid="$(cat "$dir/pids/kube-apiserver.pid")"
+  ours "$pid" kube-apiserver || die "pid $pid is not the kube-apiserver"
+  kill -KILL "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  say "kube-apiserver (pid $pid) killed"
+}
+
+# The apiserver again, with the command line `up` gave it (same port, certificates, etcd).
+cmd_start_apiserver() {
+  [ $# -eq 1 ] || die "usage: $0 start-apiserver DIR"
+  local dir="$1" t0 args=()
+  t0=$(date +%s)
+  ! alive "$dir" kube-apiserver || die "kube-apiserver is running"
+  mapfile -d '' args < "$dir/cmd/kube-apiserver"
+  start kube-apiserver "$dir" "${args[@]}"
+  KUBECTL="$(bin_path kubectl)"
+  wait_until 180 "kube-apiserver /readyz" "$KUBECTL" --kubeconfig "$dir/kubeconfig" get --raw /readyz \
+    || exit 1
+  say "kube-apiserver ready again ($(( $(date +%s) - t0 ))s)"
+}
+
 main() {
   local sub="${1:-}"; shift || true
   case "$sub" in
@@ -536,7 +565,9 @@ main() {
     bin) cmd_bin "$@" ;;
     up) cmd_up "$@" ;;
     down) cmd_down "$@" ;;
-    *) echo "usage: $0 {build|up DIR|down DIR|bin NAME}" >&2; exit 2 ;;
+    kill-apiserver) cmd_kill_apiserver "$@" ;;
+    start-apiserver) cmd_start_apiserver "$@" ;;
+    *) echo "usage: $0 {build|up DIR|down DIR|kill-apiserver DIR|start-apiserver DIR|bin NAME}" >&2; exit 2 ;;
   esac
 }
 # node.sh sources this file for its helpers (build_one, start, stop_group, sign, kubeconfig...).
