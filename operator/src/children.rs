@@ -132,6 +132,7 @@ where
         ctx.metrics.applied(kind, "unchanged");
         return Ok(existing);
     }
+    ctx.may_write()?;
     let applied = api
         .patch(
             &name,
@@ -158,6 +159,7 @@ async fn remove_if_owned<K>(
     api: &Api<K>,
     existing: Option<K>,
     kex: &KinesisExporter,
+    ctx: &Context,
 ) -> Result<(), Error>
 where
     K: Resource + Clone + std::fmt::Debug + DeserializeOwned,
@@ -167,6 +169,7 @@ where
     };
     let uid = kex.metadata.uid.clone().unwrap_or_default();
     if resources::foreign_holder(existing.meta(), &uid).is_none() {
+        ctx.may_write()?;
         let name = existing.name_any();
         api.delete(&name, &DeleteParams::default())
             .await
@@ -186,6 +189,7 @@ async fn restore_service_ports(
     api: &Api<Service>,
     desired: &Service,
     existing: Option<&Service>,
+    ctx: &Context,
 ) -> Result<(), Error> {
     let Some(existing) = existing else {
         return Ok(());
@@ -207,6 +211,7 @@ async fn restore_service_ports(
     let wanted = ports(desired);
     if ports(existing).iter().map(key).ne(wanted.iter().map(key)) {
         let name = existing.name_any();
+        ctx.may_write()?;
         tracing::info!(service = %name, "ports drifted; restoring them");
         let patch = serde_json::json!({"spec": {"ports": wanted}});
         api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -234,7 +239,7 @@ pub async fn apply(
         Some(sa) => {
             ensure(&accounts, &sa, existing.service_account, ctx).await?;
         }
-        None => remove_if_owned(&accounts, existing.service_account, kex).await?,
+        None => remove_if_owned(&accounts, existing.service_account, kex, ctx).await?,
     }
     ensure(
         &Api::namespaced(client.clone(), ns),
@@ -252,14 +257,14 @@ pub async fn apply(
     .await?;
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     let service = resources::service(kex);
-    restore_service_ports(&services, &service, existing.service.as_ref()).await?;
+    restore_service_ports(&services, &service, existing.service.as_ref(), ctx).await?;
     ensure(&services, &service, existing.service, ctx).await?;
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
     match resources::pod_disruption_budget(kex) {
         Some(pdb) => {
             ensure(&budgets, &pdb, existing.budget, ctx).await?;
         }
-        None => remove_if_owned(&budgets, existing.budget, kex).await?,
+        None => remove_if_owned(&budgets, existing.budget, kex, ctx).await?,
     }
     Ok(deployment)
 }

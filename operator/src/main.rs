@@ -5,6 +5,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
 use kinesis_operator::crd::KinesisExporter;
+use kinesis_operator::leader::{Elector, Leadership, Timing};
 use kinesis_operator::metrics::{OperatorMetrics, Readiness};
 use kinesis_operator::reconcile::{self, Context, OwnedApis, RunSettings};
 use kinesis_operator::resources::Defaults;
@@ -133,8 +134,17 @@ async fn main() -> anyhow::Result<()> {
             std::time::Duration::from_secs(1),
         ))
         .build();
-    let identity = std::env::var("POD_NAME")
-        .unwrap_or_else(|_| format!("kinesis-operator-{:08x}", std::process::id()));
+    // Unique per process (client-go adds a UUID to the host name): a restarted container in
+    // the same pod is a new candidate, not the holder of its predecessor's lease.
+    let identity = {
+        use std::hash::{BuildHasher, Hasher};
+        let pod = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("kinesis-operator-{}", std::process::id()));
+        let random = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        format!("{pod}_{:08x}", random as u32)
+    };
 
     let mut registry = Registry::with_prefix("kinesis_operator");
     let metrics = OperatorMetrics::default();
@@ -153,15 +163,35 @@ async fn main() -> anyhow::Result<()> {
     let router = kinesis_operator::metrics::router(Arc::new(registry), readiness.clone());
     tokio::spawn(async move { axum::serve(listener, router).await });
 
-    if cli.leader_election {
-        kinesis_operator::leader::lead(
+    // With leader election, wait for the lease, then keep it in the background: losing it
+    // stops every write at once and exits (the restart rejoins as a candidate); on shutdown
+    // the lease is released so that another replica takes over without waiting it out.
+    let (leadership, keeper) = if cli.leader_election {
+        let mut elector = Elector::new(
             client.clone(),
             &cli.leader_election_namespace,
             &cli.leader_election_lease_name,
             &identity,
-        )
-        .await;
-    }
+            Timing::default(),
+        );
+        tracing::info!(lease = %cli.leader_election_lease_name, identity, "waiting for the leader lease");
+        elector.acquire().await;
+        let leadership = elector.leadership.clone();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let lost = tokio::select! {
+                _ = elector.keep() => true,
+                _ = stop_rx => false,
+            };
+            if lost {
+                std::process::exit(1);
+            }
+            elector.release().await;
+        });
+        (leadership, Some((stop_tx, task)))
+    } else {
+        (Leadership::always(), None)
+    };
 
     let recorder = Recorder::new(
         client.clone(),
@@ -178,6 +208,7 @@ async fn main() -> anyhow::Result<()> {
             exporter_image: cli.exporter_image.clone(),
         },
         tenancy,
+        leadership,
         recorder,
         metrics,
     );
@@ -216,6 +247,10 @@ async fn main() -> anyhow::Result<()> {
             )
         });
         futures::future::join_all(controllers).await;
+    }
+    if let Some((stop, task)) = keeper {
+        let _ = stop.send(());
+        let _ = task.await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -37,6 +37,8 @@ pub enum Error {
     Status(kube::Error),
     #[error("the resource has no namespace")]
     NoNamespace,
+    #[error("not the leader (the leader lease was not renewed in time): nothing is written")]
+    NotLeader,
 }
 
 /// The API server's own message for an API error (what a human can act on), else the error.
@@ -54,6 +56,8 @@ pub struct Context {
     pub client: Client,
     pub defaults: Defaults,
     pub tenancy: Tenancy,
+    /// Whether this replica may write (leader election).
+    pub leadership: crate::leader::Leadership,
     pub recorder: Recorder,
     pub metrics: crate::metrics::OperatorMetrics,
     /// Consecutive failures per resource, for the retry backoff.
@@ -61,10 +65,20 @@ pub struct Context {
 }
 
 impl Context {
+    /// Refuses when this replica is not (or no longer) the leader: called before every write.
+    pub fn may_write(&self) -> Result<(), Error> {
+        if self.leadership.may_write() {
+            Ok(())
+        } else {
+            Err(Error::NotLeader)
+        }
+    }
+
     pub fn new(
         client: Client,
         defaults: Defaults,
         tenancy: Tenancy,
+        leadership: crate::leader::Leadership,
         recorder: Recorder,
         metrics: crate::metrics::OperatorMetrics,
     ) -> Arc<Self> {
@@ -73,6 +87,7 @@ impl Context {
             client,
             defaults,
             tenancy,
+            leadership,
             recorder,
             metrics,
             failures: Mutex::default(),
@@ -156,6 +171,7 @@ pub async fn reconcile(kex: Arc<KinesisExporter>, ctx: Arc<Context>) -> Result<A
         k8s_openapi::jiff::Timestamp::now(),
     );
     if kex.status.as_ref() != Some(&new_status) {
+        ctx.may_write()?;
         let api: Api<KinesisExporter> = Api::namespaced(ctx.client.clone(), &ns);
         let patch = serde_json::json!({
             "apiVersion": "kinesis.otlp.dev/v1alpha1",

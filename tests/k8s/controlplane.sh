@@ -385,8 +385,22 @@ cmd_up() {
   wait_until 60 "etcd /health" etcd_healthy "http://127.0.0.1:$p_etcd/health" \
     || exit 1
 
-  say "starting kube-apiserver $K8S_VERSION on $server (TLS, RBAC, PodSecurity)"
+  # An audit log of every request the operator's ServiceAccounts (namespace kex-system) make,
+  # at Metadata level: who (with the pod name of a bound token), verb, object, answer code.
+  # The operator tests count its writes from it (leadership, quiet at rest, the benchmark).
+  cat > "$dir/audit-policy.yaml" <<'YAML'
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    userGroups: ["system:serviceaccounts:kex-system"]
+  - level: None
+YAML
+  say "starting kube-apiserver $K8S_VERSION on $server (TLS, RBAC, PodSecurity, audit log)"
   start kube-apiserver "$dir" "$KAS" \
+    --audit-policy-file "$dir/audit-policy.yaml" --audit-log-path "$dir/logs/audit.log" \
+    --audit-log-format json --audit-log-mode blocking \
     --etcd-servers "http://127.0.0.1:$p_etcd" \
     --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$p_kas" \
     --endpoint-reconciler-type none \

@@ -11,16 +11,29 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import time
 import uuid
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 
 from conftest import create_stream, start_recording, stop_recording, sts_calls
 from otlp_helpers import read_signal, send_traces, spans_of
 
-from ..k8s_helpers import Cluster, get_kex, jwt_claims, make_namespace, poll, role_for, wait_ready
+from ..k8s_helpers import (
+    Cluster,
+    apply,
+    get_kex,
+    jwt_claims,
+    kex_manifest,
+    make_namespace,
+    poll,
+    role_for,
+    wait_ready,
+)
 from .conftest import BridgePeers
 from .load import HEADER, SpanLoad
 from .platform import (
@@ -69,6 +82,8 @@ def test_the_chart_runs_the_operator_as_two_real_pods_with_one_leader(
     holder = poll("the operator Lease to have a holder",
                   lambda: k8s_cluster.get_json("-n", ns, "lease", "kinesis-operator")
                   .get("spec", {}).get("holderIdentity"), timeout=60)
+    # The holder identity is the pod name and a per-process suffix.
+    holder = holder.rsplit("_", 1)[0]
     assert holder in names, f"lease held by {holder}, operator pods {names}"
     # kubectl logs and exec go through the apiserver to the kubelet (client certificates both ways).
     poll(f"the leader {holder} to log that it reconciles",
@@ -77,6 +92,118 @@ def test_the_chart_runs_the_operator_as_two_real_pods_with_one_leader(
     version = k8s_cluster.kubectl("-n", ns, "exec", holder, "--", "/usr/local/bin/kinesis-operator",
                                   "--version").stdout
     assert version.startswith("kinesis-operator "), version
+
+
+def lease_spec(cluster: Cluster, ns: str) -> dict:
+    return cluster.get_json("-n", ns, "lease", "kinesis-operator").get("spec", {})
+
+
+def pod_of(identity: str) -> str:
+    return identity.rsplit("_", 1)[0]
+
+
+def operator_pid(pod: str) -> int:
+    """The host PID of the operator process in ``pod`` (its container runs on this machine)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if b"kinesis-operator" not in (proc / "cmdline").read_bytes().split(b"\0")[0]:
+                continue
+            if f"POD_NAME={pod}".encode() in (proc / "environ").read_bytes().split(b"\0"):
+                return int(proc.name)
+        except OSError:
+            continue
+    raise AssertionError(f"no kinesis-operator process for pod {pod}")
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def writes_by(cluster: Cluster, pod: str, since: datetime) -> list[dict]:
+    """Write requests the API server's audit log holds from the operator in ``pod`` (its bound
+    token names the pod) received at or after ``since``."""
+    out = []
+    for line in (cluster.dir / "logs" / "audit.log").read_text().splitlines():
+        event = json.loads(line)
+        pods_ = event.get("user", {}).get("extra", {}).get("authentication.kubernetes.io/pod-name", [])
+        if pod in pods_ and event["verb"] in ("create", "update", "patch", "delete") \
+                and datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00")) >= since:
+            out.append(event)
+    return out
+
+
+def test_one_leader_a_paused_leader_writes_nothing_and_the_lease_is_handed_over(
+        k8s_cluster: Cluster, real_node: RealNode, operator_release: str) -> None:
+    """Two operator replicas: a leader paused longer than the lease (SIGSTOP) is replaced within
+    the lease duration and, once woken, writes nothing and exits; a leader stopped with SIGTERM
+    (a rollout) releases the lease, so the other takes over at once; a leader killed with
+    SIGKILL is replaced within the lease duration. Writes are counted in the audit log."""
+    ns = operator_release
+    wait_pods_ready(k8s_cluster, ns, "app.kubernetes.io/name=kinesis-operator", 2)
+    kex_ns = make_namespace(k8s_cluster, "kex-real-leader")
+    manifest = kex_manifest(kex_ns, "leader", "leader-stream", replicas=0)
+    apply(k8s_cluster, manifest)
+    wait_ready(k8s_cluster, kex_ns, "leader", generation=1)
+    first = lease_spec(k8s_cluster, ns)
+    leader = pod_of(first["holderIdentity"])
+    pid = operator_pid(leader)
+
+    # 1. SIGSTOP: the other replica takes over after the lease duration (15 s, plus one retry
+    #    period of 2 s), counts a transition, and applies a change made meanwhile.
+    os.kill(pid, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        manifest["spec"]["kpl"] = {"maxConnections": 8}
+        apply(k8s_cluster, manifest)
+        second = poll("another replica to take the lease from the paused leader",
+                      lambda: (lambda s: s if pod_of(s.get("holderIdentity", "")) != leader else None)(
+                          lease_spec(k8s_cluster, ns)), timeout=40, interval=0.25)
+        took = time.monotonic() - stopped
+        assert 15 <= took <= 15 + 2 + 2, f"taken over after {took:.1f}s (lease 15 s, retry 2 s)"
+        assert second["leaseTransitions"] == first.get("leaseTransitions", 0) + 1, second
+        wait_ready(k8s_cluster, kex_ns, "leader", generation=2)
+    finally:
+        woke = datetime.now(timezone.utc)
+        os.kill(pid, signal.SIGCONT)
+    # Woken after more than the lease: it stops leading without a write, and exits.
+    poll("the woken leader to exit", lambda: not running(pid), timeout=30, interval=0.25)
+    assert writes_by(k8s_cluster, leader, woke) == [], "the paused leader wrote after it woke"
+    poll("the woken leader's log (its container restarted) to say it stopped leading",
+         lambda: "stopped leading" in k8s_cluster.kubectl("-n", ns, "logs", leader, "--previous",
+                                                           check=False).stdout, timeout=60, interval=0.5)
+    print(f"SIGSTOP: taken over in {took:.1f}s, transitions {second['leaseTransitions']}")
+    # Its restarted container is a candidate again.
+    wait_pods_ready(k8s_cluster, ns, "app.kubernetes.io/name=kinesis-operator", 2, timeout=120)
+
+    # 2. SIGTERM (what a rollout or a pod deletion sends): the lease is released and taken at
+    #    once, well within a lease duration.
+    leader = pod_of(second["holderIdentity"])
+    deleted = time.monotonic()
+    k8s_cluster.kubectl("-n", ns, "delete", "pod", leader, "--wait=false")
+    third = poll("the lease to be taken after the leader released it",
+                 lambda: (lambda s: s if s.get("holderIdentity") and pod_of(s["holderIdentity"]) != leader
+                          else None)(lease_spec(k8s_cluster, ns)), timeout=15, interval=0.1)
+    handover = time.monotonic() - deleted
+    assert handover < 6, f"handed over after {handover:.1f}s: the lease was not released"
+
+    # 3. SIGKILL: nothing is released; another candidate takes over within the lease duration.
+    identity = third["holderIdentity"]
+    wait_pods_ready(k8s_cluster, ns, "app.kubernetes.io/name=kinesis-operator", 2, timeout=120)
+    killed = time.monotonic()
+    os.kill(operator_pid(pod_of(identity)), signal.SIGKILL)
+    poll("a new holder after the leader was killed",
+         lambda: lease_spec(k8s_cluster, ns).get("holderIdentity") not in (None, "", identity),
+         timeout=30, interval=0.25)
+    replaced = time.monotonic() - killed
+    assert replaced <= 15 + 2 + 2, f"replaced after {replaced:.1f}s"
+    wait_pods_ready(k8s_cluster, ns, "app.kubernetes.io/name=kinesis-operator", 2, timeout=120)
+    print(f"SIGTERM hand-over {handover:.1f}s; SIGKILL replacement {replaced:.1f}s")
 
 
 # --------------------------------------------------------------------------- exporters on real pods
