@@ -15,8 +15,9 @@ use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use crate::crd::KinesisExporter;
-use crate::reconcile::{Context, Error, FIELD_MANAGER};
+use crate::reconcile::{Context, Error};
 use crate::resources;
+use crate::resources::FIELD_MANAGER;
 
 /// What the operator last applied to each child, by "Kind/namespace/name": a digest of the
 /// object it sent and the fingerprint of the object the API server returned.

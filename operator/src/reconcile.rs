@@ -22,8 +22,7 @@ use crate::resources::{self, Defaults};
 use crate::status::{self, DEGRADED, Problem, READY};
 use crate::tenancy::Tenancy;
 
-/// The one field manager of every object the operator writes.
-pub const FIELD_MANAGER: &str = "kinesis-operator";
+pub use crate::resources::FIELD_MANAGER;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -300,7 +299,6 @@ pub async fn run(
 
     // Each watch backs off on its own (client-go's schedule, capped at 30 s), so one failing
     // stream never holds back the others; the controller adds no delay of its own.
-    let children = || watcher::Config::default().labels(MANAGED_BY_SELECTOR);
     let (store, writer) = reflector::store();
     let resources = watcher(api, watcher::Config::default())
         .default_backoff()
@@ -310,31 +308,11 @@ pub async fn run(
     let controller = Controller::for_stream(resources, store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
         .trigger_backoff(NoExtraBackoff)
-        .owns_stream(
-            watcher(owned.deployments, children())
-                .default_backoff()
-                .touched_objects(),
-        )
-        .owns_stream(
-            watcher(owned.config_maps, children())
-                .default_backoff()
-                .touched_objects(),
-        )
-        .owns_stream(
-            watcher(owned.services, children())
-                .default_backoff()
-                .touched_objects(),
-        )
-        .owns_stream(
-            watcher(owned.service_accounts, children())
-                .default_backoff()
-                .touched_objects(),
-        )
-        .owns_stream(
-            watcher(owned.budgets, children())
-                .default_backoff()
-                .touched_objects(),
-        )
+        .watches_stream(child_events(owned.deployments), owner)
+        .watches_stream(child_events(owned.config_maps), owner)
+        .watches_stream(child_events(owned.services), owner)
+        .watches_stream(child_events(owned.service_accounts), owner)
+        .watches_stream(child_events(owned.budgets), owner)
         .reconcile_on(retry_rx)
         .shutdown_on_signal();
 
@@ -405,6 +383,47 @@ pub async fn run(
             }
         })
         .await;
+}
+
+/// Metadata-only watch of one kind of child, selected by the operator's label, with its own
+/// backoff (client-go's schedule, capped at 30 s), so one failing stream never holds back the
+/// others.
+fn child_events<K>(
+    api: Api<PartialObjectMeta<K>>,
+) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
+    PartialObjectMeta<K>: serde::de::DeserializeOwned,
+{
+    use kube::runtime::WatchStreamExt;
+    watcher(api, watcher::Config::default().labels(MANAGED_BY_SELECTOR))
+        .default_backoff()
+        .touched_objects()
+}
+
+/// The resource a child belongs to: its KinesisExporter owner reference, else its instance
+/// label (so a child whose owner reference was removed still brings its resource to put it
+/// back).
+fn owner<K: Resource>(
+    child: PartialObjectMeta<K>,
+) -> Option<kube::runtime::reflector::ObjectRef<KinesisExporter>> {
+    let ns = child.metadata.namespace.clone()?;
+    let name = child
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.kind == "KinesisExporter" && o.api_version.starts_with("kinesis.otlp.dev/"))
+        .map(|o| o.name.clone())
+        .or_else(|| {
+            child
+                .metadata
+                .labels
+                .as_ref()?
+                .get("app.kubernetes.io/instance")
+                .cloned()
+        })?;
+    Some(kube::runtime::reflector::ObjectRef::new(&name).within(&ns))
 }
 
 /// The controller's own delay after a watch error: none, as each watch backs off by itself.

@@ -403,6 +403,24 @@ def test_deleted_children_are_restored(k8s_cluster: Cluster, operator: RunningOp
     wait_ready(k8s_cluster, ns_a, name, generation=1)
 
 
+def test_a_removed_owner_reference_is_restored_at_once(
+        k8s_cluster: Cluster, operator: RunningOperator, ns_a: str) -> None:
+    """Removing the owner reference (which would orphan the child from garbage collection) is
+    repaired on the watch event, not at the next periodic resync (300 s)."""
+    name = "heal-owner"
+    apply(k8s_cluster, kex_manifest(ns_a, name, "heal-stream"))
+    kex = wait_ready(k8s_cluster, ns_a, name, generation=1)
+    uid = kex["metadata"]["uid"]
+    for resource, kind in [("deployment", "Deployment"), ("configmap", "ConfigMap")]:
+        k8s_cluster.kubectl("-n", ns_a, "patch", resource, name, "--type=json",
+                            "-p", json.dumps([{"op": "remove", "path": "/metadata/ownerReferences"}]))
+        poll(f"{kind} {name}'s owner reference restored",
+             lambda: owner_uids(children(k8s_cluster, ns_a, name)[kind]) == [("KinesisExporter", uid, True)],
+             timeout=20, interval=0.2)
+    # An orphaned child is still the resource's own: no NameTaken.
+    wait_ready(k8s_cluster, ns_a, name, generation=1)
+
+
 def test_edited_deployment_is_restored(k8s_cluster: Cluster, operator: RunningOperator, ns_a: str) -> None:
     name = "heal-deploy"
     apply(k8s_cluster, kex_manifest(ns_a, name, "heal-stream"))

@@ -16,6 +16,9 @@ use kube::{Resource, ResourceExt};
 
 use crate::crd::KinesisExporter;
 
+/// The one field manager of every object the operator writes.
+pub const FIELD_MANAGER: &str = "kinesis-operator";
+
 pub const GRPC_PORT: i32 = 4317;
 pub const HTTP_PORT: i32 = 4318;
 pub const METRICS_PORT: i32 = 8888;
@@ -96,18 +99,24 @@ pub fn fingerprint(meta: &ObjectMeta) -> String {
     format!("{version} {identity}")
 }
 
-/// Why an existing object named like a child is not ours to change, or None when its
-/// controller is the KinesisExporter whose uid is `uid`. The operator never adopts: an object
-/// it did not create keeps its owner, its spec and its traffic.
+/// Why an existing object named like a child is not ours to change, or None when it is ours:
+/// its controller is the KinesisExporter whose uid is `uid`, or it has no controller at all
+/// and the operator's own server-side apply wrote it (someone removed the owner reference;
+/// the next apply puts it back). The operator never adopts anything else: an object it did
+/// not create keeps its owner, its spec and its traffic.
 pub fn foreign_holder(existing: &ObjectMeta, uid: &str) -> Option<String> {
     let controller = existing
         .owner_references
         .iter()
         .flatten()
         .find(|o| o.controller == Some(true));
+    let applied_by_us = existing.managed_fields.iter().flatten().any(|f| {
+        f.manager.as_deref() == Some(FIELD_MANAGER) && f.operation.as_deref() == Some("Apply")
+    });
     match controller {
         Some(o) if o.uid == uid && o.kind == "KinesisExporter" => None,
         Some(o) => Some(format!("its controller is {} {}", o.kind, o.name)),
+        None if applied_by_us => None,
         None => Some("the operator did not create it".into()),
     }
 }

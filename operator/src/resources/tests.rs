@@ -436,6 +436,25 @@ fn only_objects_this_resource_controls_are_ours() {
         foreign_holder(&replica_set, "0b9c-uid").as_deref(),
         Some("its controller is ReplicaSet team-a")
     );
+    // Written by the operator's own apply, its owner reference since removed: ours (the next
+    // apply restores the reference). Written by anyone else without an owner: not ours.
+    let managed = |manager: &str, operation: &str| ObjectMeta {
+        name: Some("team-a".into()),
+        managed_fields: Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry {
+                manager: Some(manager.into()),
+                operation: Some(operation.into()),
+                ..Default::default()
+            },
+        ]),
+        ..ObjectMeta::default()
+    };
+    assert_eq!(
+        foreign_holder(&managed(FIELD_MANAGER, "Apply"), "0b9c-uid"),
+        None
+    );
+    assert!(foreign_holder(&managed("kubectl-client-side-apply", "Update"), "0b9c-uid").is_some());
+    assert!(foreign_holder(&managed(FIELD_MANAGER, "Update"), "0b9c-uid").is_some());
     // An owner that is not the controller does not make it ours.
     let mut not_controller = child_meta(&k);
     not_controller.owner_references.as_mut().unwrap()[0].controller = Some(false);
