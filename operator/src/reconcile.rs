@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -163,10 +163,20 @@ pub async fn reconcile(kex: Arc<KinesisExporter>, ctx: Arc<Context>) -> Result<A
         // subresource (and any autoscaler) keeps seeing the real replicas while we are degraded.
         Err(stop) => (standing, Some(stop.problem())),
     };
+    // Pods that do not become available say why (unschedulable, image or crash loops) long
+    // before the Deployment's progress deadline does.
+    let waiting_for_pods =
+        problem.is_none() && deployment.as_ref().is_some_and(|d| not_available(d, &kex));
+    let pods = if waiting_for_pods {
+        pod_trouble(&kex, &ctx, &ns).await
+    } else {
+        None
+    };
     let new_status = status::compute(
         &kex,
         deployment.as_ref(),
         problem.as_ref(),
+        pods.as_ref(),
         k8s_openapi::jiff::Timestamp::now(),
     );
     if kex.status.as_ref() != Some(&new_status) {
@@ -190,7 +200,12 @@ pub async fn reconcile(kex: Arc<KinesisExporter>, ctx: Arc<Context>) -> Result<A
         Ok(_) => {
             ctx.failures.lock().unwrap().remove(&key);
             ctx.metrics.reconciled("ok");
-            Ok(Action::requeue(Duration::from_secs(300)))
+            // While pods are coming up, look again soon: pod changes are not watched.
+            Ok(Action::requeue(if waiting_for_pods {
+                WAITING_FOR_PODS_RECHECK
+            } else {
+                RESYNC
+            }))
         }
         Err(Stop::NotAllowed(p)) => {
             ctx.failures.lock().unwrap().remove(&key);
@@ -204,6 +219,35 @@ pub async fn reconcile(kex: Arc<KinesisExporter>, ctx: Arc<Context>) -> Result<A
             Ok(Action::requeue(NAME_TAKEN_RETRY))
         }
         Err(Stop::Failed(e)) => Err(e),
+    }
+}
+
+/// The periodic resync of a resource at rest (reads only; nothing is written unless something
+/// changed).
+const RESYNC: Duration = Duration::from_secs(300);
+/// How soon a resource whose pods are not all available is looked at again.
+const WAITING_FOR_PODS_RECHECK: Duration = Duration::from_secs(10);
+
+/// Whether the Deployment has fewer available pods than the resource asks for.
+fn not_available(deployment: &Deployment, kex: &KinesisExporter) -> bool {
+    let available = deployment
+        .status
+        .as_ref()
+        .and_then(|s| s.available_replicas)
+        .unwrap_or(0);
+    available < kex.spec.replicas()
+}
+
+/// What is wrong with the exporter's pods, if anything (a failed read is no news).
+async fn pod_trouble(kex: &KinesisExporter, ctx: &Context, ns: &str) -> Option<Problem> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+    let params = kube::api::ListParams::default().labels(&resources::selector_string(kex));
+    match api.list(&params).await {
+        Ok(list) => status::pod_trouble(&list.items),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list the exporter's pods");
+            None
+        }
     }
 }
 

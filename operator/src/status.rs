@@ -1,6 +1,7 @@
 //! The resource's status from what the cluster reports: pure, so every transition is tested.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
@@ -45,12 +46,64 @@ impl Problem {
     }
 }
 
-/// The status for `kex` given its Deployment as it stands (None when there is none) and the
-/// problem that stopped the reconcile, if any.
+/// Container waiting reasons that mean the pod will not start without a change.
+const FAILING: &[&str] = &[
+    "ImagePullBackOff",
+    "ErrImagePull",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "RunContainerError",
+];
+
+/// Why the exporter's pods do not become ready, read from the pods themselves: the Deployment
+/// only says that progress stalled, once its deadline (10 minutes) has passed.
+pub fn pod_trouble(pods: &[Pod]) -> Option<Problem> {
+    for pod in pods {
+        let name = pod.metadata.name.as_deref().unwrap_or("");
+        let Some(status) = &pod.status else { continue };
+        let unschedulable = status.conditions.iter().flatten().find(|c| {
+            c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some("Unschedulable")
+        });
+        if let Some(c) = unschedulable {
+            return Some(Problem {
+                reason: "PodsUnschedulable",
+                message: format!(
+                    "pod {name} cannot be scheduled: {}",
+                    c.message.as_deref().unwrap_or("no node fits")
+                ),
+            });
+        }
+        for container in status.container_statuses.iter().flatten() {
+            let waiting = container.state.as_ref().and_then(|s| s.waiting.as_ref());
+            if let Some(w) = waiting
+                && let Some(reason) = w.reason.as_deref()
+                && FAILING.contains(&reason)
+            {
+                return Some(Problem {
+                    reason: "PodsFailing",
+                    message: format!(
+                        "pod {name}, container {}: {reason}: {}",
+                        container.name,
+                        w.message.as_deref().unwrap_or("")
+                    ),
+                });
+            }
+        }
+    }
+    None
+}
+
+/// The status for `kex` given its Deployment as it stands (None when there is none), the
+/// problem that stopped the reconcile, if any, and what is wrong with its pods, if anything.
 pub fn compute(
     kex: &KinesisExporter,
     deployment: Option<&Deployment>,
     problem: Option<&Problem>,
+    pods: Option<&Problem>,
     now: Timestamp,
 ) -> KinesisExporterStatus {
     let desired = kex.spec.replicas();
@@ -77,7 +130,7 @@ pub fn compute(
         (c.type_ == "Progressing" && c.status == "False")
             || (c.type_ == "ReplicaFailure" && c.status == "True")
     });
-    let degraded: Option<(&str, String)> = match (problem, stuck) {
+    let degraded: Option<(&str, String)> = match (problem.or(pods), stuck) {
         (Some(p), _) => Some((p.reason, p.message.clone())),
         (None, Some(c)) => Some((
             if c.type_ == "ReplicaFailure" {
@@ -215,6 +268,7 @@ mod tests {
             &kex(2),
             Some(&deployment(3, 3, 2, 2, 2)),
             None,
+            None,
             Timestamp::UNIX_EPOCH,
         );
         assert_eq!(get(&s, READY).status, "True");
@@ -236,6 +290,7 @@ mod tests {
             &kex(2),
             Some(&deployment(4, 3, 2, 2, 2)),
             None,
+            None,
             Timestamp::UNIX_EPOCH,
         );
         assert_eq!(s.ready.as_deref(), Some("0/2"));
@@ -250,6 +305,7 @@ mod tests {
         let s = compute(
             &kex(2),
             Some(&deployment(4, 4, 3, 1, 3)),
+            None,
             None,
             Timestamp::UNIX_EPOCH,
         );
@@ -269,6 +325,7 @@ mod tests {
             &kex(1),
             None,
             Some(&Problem::failed("deployments.apps is forbidden")),
+            None,
             Timestamp::UNIX_EPOCH,
         );
         let d = get(&s, DEGRADED);
@@ -287,7 +344,7 @@ mod tests {
             message: Some("ReplicaSet \"a-1\" has timed out progressing.".into()),
             ..Default::default()
         }]);
-        let s = compute(&kex(1), Some(&stuck), None, Timestamp::UNIX_EPOCH);
+        let s = compute(&kex(1), Some(&stuck), None, None, Timestamp::UNIX_EPOCH);
         let d = get(&s, DEGRADED);
         assert_eq!(
             (d.status.as_str(), d.reason.as_str()),
@@ -301,16 +358,86 @@ mod tests {
         let t0 = Timestamp::UNIX_EPOCH;
         let t1 = Timestamp::from_second(1000).unwrap();
         let mut k = kex(1);
-        k.status = Some(compute(&k, Some(&deployment(1, 1, 1, 1, 1)), None, t0));
-        let same = compute(&k, Some(&deployment(1, 1, 1, 1, 1)), None, t1);
+        k.status = Some(compute(
+            &k,
+            Some(&deployment(1, 1, 1, 1, 1)),
+            None,
+            None,
+            t0,
+        ));
+        let same = compute(&k, Some(&deployment(1, 1, 1, 1, 1)), None, None, t1);
         assert_eq!(get(&same, READY).last_transition_time, Time(t0));
         assert_eq!(
             same,
             *k.status.as_ref().unwrap(),
             "an unchanged world gives an identical status"
         );
-        let changed = compute(&k, Some(&deployment(1, 1, 1, 1, 0)), None, t1);
+        let changed = compute(&k, Some(&deployment(1, 1, 1, 1, 0)), None, None, t1);
         assert_eq!(get(&changed, READY).last_transition_time, Time(t1));
         assert_eq!(condition_status(Some(&changed), READY), Some("False"));
+    }
+
+    #[test]
+    fn unschedulable_or_failing_pods_say_why_at_once() {
+        use k8s_openapi::api::core::v1::{
+            ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
+        };
+        let pending = Pod {
+            metadata: ObjectMeta {
+                name: Some("a-1".into()),
+                ..Default::default()
+            },
+            status: Some(PodStatus {
+                conditions: Some(vec![PodCondition {
+                    type_: "PodScheduled".into(),
+                    status: "False".into(),
+                    reason: Some("Unschedulable".into()),
+                    message: Some("0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector.".into()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let trouble = pod_trouble(std::slice::from_ref(&pending)).unwrap();
+        assert_eq!(trouble.reason, "PodsUnschedulable");
+        assert!(
+            trouble.message.contains("0/2 nodes are available"),
+            "{trouble:?}"
+        );
+        // Reported as Degraded while the rollout is still under way.
+        let s = compute(
+            &kex(1),
+            Some(&deployment(4, 4, 1, 1, 0)),
+            None,
+            Some(&trouble),
+            Timestamp::UNIX_EPOCH,
+        );
+        let d = get(&s, DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "PodsUnschedulable")
+        );
+        assert_eq!(get(&s, READY).status, "False");
+
+        let crashing = Pod {
+            status: Some(PodStatus {
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "exporter".into(),
+                    state: Some(ContainerState {
+                        waiting: Some(ContainerStateWaiting {
+                            reason: Some("ImagePullBackOff".into()),
+                            message: Some("Back-off pulling image".into()),
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(pod_trouble(&[crashing]).unwrap().reason, "PodsFailing");
+        assert_eq!(pod_trouble(&[Pod::default()]), None);
     }
 }

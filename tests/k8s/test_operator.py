@@ -403,6 +403,23 @@ def test_deleted_children_are_restored(k8s_cluster: Cluster, operator: RunningOp
     wait_ready(k8s_cluster, ns_a, name, generation=1)
 
 
+def test_unschedulable_pods_are_reported_at_once(k8s_cluster: Cluster, operator: RunningOperator,
+                                                ns_a: str) -> None:
+    """The Deployment would say only "RolloutStuck" after its 10-minute progress deadline; the
+    pods say why now."""
+    name = "nowhere"
+    apply(k8s_cluster, kex_manifest(ns_a, name, "nowhere-stream", nodeSelector={"kex.dev/no-such-node": "x"}))
+
+    def degraded():
+        cond = conditions(get_kex(k8s_cluster, ns_a, name)).get("Degraded", {})
+        return cond if cond.get("status") == "True" else None
+    cond = poll(f"{name} Degraded", degraded, timeout=45, interval=0.5)
+    assert cond["reason"] == "PodsUnschedulable", cond
+    assert "cannot be scheduled" in cond["message"] and "node" in cond["message"], cond
+    assert conditions(get_kex(k8s_cluster, ns_a, name))["Ready"]["status"] == "False"
+    k8s_cluster.kubectl("-n", ns_a, "delete", "kinesisexporter", name)
+
+
 def test_a_removed_owner_reference_is_restored_at_once(
         k8s_cluster: Cluster, operator: RunningOperator, ns_a: str) -> None:
     """Removing the owner reference (which would orphan the child from garbage collection) is

@@ -61,7 +61,8 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 The rules the operator needs, shared by the ClusterRole (cluster-wide mode) and the Role in
 each watched namespace (namespaced mode): exactly the verbs it calls. Server-side apply is a
 patch, authorized as create when the object does not exist yet; delete is only for the
-ServiceAccount and PodDisruptionBudget a spec can stop asking for. The Lease rules live in
+ServiceAccount and PodDisruptionBudget a spec can stop asking for; pods are only listed, to
+say why they do not become ready. The Lease rules live in
 leader-election-rbac.yaml.
 */}}
 {{- define "kinesis-operator.rules" -}}
@@ -83,6 +84,9 @@ leader-election-rbac.yaml.
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
