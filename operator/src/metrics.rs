@@ -5,6 +5,7 @@ use std::sync::Arc;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -18,10 +19,29 @@ pub struct ApplyLabels {
     pub result: &'static str,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabel {
+    pub error: &'static str,
+}
+
+#[derive(Clone)]
 pub struct OperatorMetrics {
     pub reconciliations: Family<ResultLabel, Counter>,
     pub applies: Family<ApplyLabels, Counter>,
+    pub failures: Family<ErrorLabel, Counter>,
+    pub duration: Histogram,
+}
+
+impl Default for OperatorMetrics {
+    fn default() -> Self {
+        OperatorMetrics {
+            reconciliations: Family::default(),
+            applies: Family::default(),
+            failures: Family::default(),
+            // 1 ms to about 16 s.
+            duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+        }
+    }
 }
 
 impl OperatorMetrics {
@@ -32,11 +52,31 @@ impl OperatorMetrics {
             self.reconciliations.clone(),
         );
         registry.register(
+            "reconcile_failures",
+            "Failed reconciliations by kind of error (forbidden, conflict, invalid, throttled, \
+             server_error, api_error, connection, not_leader)",
+            self.failures.clone(),
+        );
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Time one reconciliation takes, API calls included",
+            prometheus_client::registry::Unit::Seconds,
+            self.duration.clone(),
+        );
+        registry.register(
             "child_applies",
             "Children of KinesisExporters by kind and result: applied (a server-side apply was \
              sent) or unchanged (exactly as last applied, nothing sent)",
             self.applies.clone(),
         );
+    }
+
+    pub fn failed(&self, error: &'static str) {
+        self.failures.get_or_create(&ErrorLabel { error }).inc();
+    }
+
+    pub fn observe_duration(&self, took: std::time::Duration) {
+        self.duration.observe(took.as_secs_f64());
     }
 
     pub fn applied(&self, kind: String, result: &'static str) {

@@ -40,6 +40,25 @@ pub enum Error {
     NotLeader,
 }
 
+impl Error {
+    /// The kind of failure, for the failures metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Apply { source, .. } | Error::Status(source) => match source {
+                kube::Error::Api(status) if status.code == 403 => "forbidden",
+                kube::Error::Api(status) if status.code == 409 => "conflict",
+                kube::Error::Api(status) if status.code == 422 => "invalid",
+                kube::Error::Api(status) if status.code == 429 => "throttled",
+                kube::Error::Api(status) if status.code >= 500 => "server_error",
+                kube::Error::Api(_) => "api_error",
+                _ => "connection",
+            },
+            Error::NotLeader => "not_leader",
+            Error::NoNamespace => "no_namespace",
+        }
+    }
+}
+
 /// The API server's own message for an API error (what a human can act on), else the error.
 fn api_message(error: &kube::Error) -> String {
     match error {
@@ -154,6 +173,14 @@ async fn deploy(
 }
 
 pub async fn reconcile(kex: Arc<KinesisExporter>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let result = reconcile_once(kex, &ctx).await;
+    ctx.metrics.observe_duration(started.elapsed());
+    result
+}
+
+async fn reconcile_once(kex: Arc<KinesisExporter>, ctx: &Arc<Context>) -> Result<Action, Error> {
+    let ctx = ctx.clone();
     let ns = kex.namespace().ok_or(Error::NoNamespace)?;
     let key = format!("{ns}/{}", kex.name_any());
     let (deployed, standing) = deploy(&kex, &ctx, &ns).await;
@@ -307,6 +334,7 @@ pub fn error_policy(kex: Arc<KinesisExporter>, error: &Error, ctx: Arc<Context>)
     };
     let delay = Duration::from_secs((1u64 << failures.min(8)).min(300));
     ctx.metrics.reconciled("error");
+    ctx.metrics.failed(error.kind());
     tracing::warn!(resource = %key, %error, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }

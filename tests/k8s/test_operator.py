@@ -13,6 +13,7 @@ other's order.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import textwrap
 import threading
@@ -352,6 +353,9 @@ def test_reapplying_the_same_spec_changes_nothing(k8s_cluster: Cluster, operator
     # must process); the operator compares with what it last applied instead.
     assert operator.process.child_applies("applied") == applied, "children were re-applied at rest"
     assert operator.process.child_applies("unchanged") >= unchanged + 2 * len(CHILDREN)
+    metrics = operator.process.metrics_text()
+    count = re.search(r"^kinesis_operator_reconcile_duration_seconds_count (\S+)", metrics, re.M)
+    assert count and float(count.group(1)) >= 2, "no reconcile duration histogram"
 
 
 # --------------------------------------------------------------------------- 4. validation
