@@ -41,7 +41,7 @@ endif
 
 say = @printf '==> %s\n' "$(1)"
 
-.PHONY: crds readme help deps build lint chart-lint toolchain test-rust test-e2e test-k8s images node test-node test bench demo clean distclean
+.PHONY: crds readme help deps build lint chart-lint toolchain test-rust test-e2e test-k8s images node test-node test bench bench-operator demo clean distclean
 
 help: ## List the targets
 	@echo "kinesis-exporter targets:"
@@ -177,6 +177,16 @@ node: ## Build (once) and cache the real node's binaries and packages (tests/k8s
 test-node: deps images node ## The operator and exporters as real pods on a real node (tests/k8s/realnode)
 	$(call say,real-node end-to-end tests (pytest tests/k8s/realnode))
 	@$(VENV_PYTHON) -m pytest -q -p no:cacheprovider tests/k8s/realnode
+
+# The operator at scale on the local control plane (kwok): 1000 KinesisExporters in 100
+# namespaces, every operator request counted from the audit log. Not part of `make test`.
+bench-operator: deps ## Operator benchmark: 1000 resources, Ready curve, requests, writes at rest (tests/k8s/bench_operator.py)
+	$(call say,control plane binaries (tests/k8s/controlplane.sh build))
+	@tests/k8s/controlplane.sh build
+	$(call say,cargo build --release -p kinesis-operator)
+	@$(CARGO) build --release --locked -p kinesis-operator
+	$(call say,operator benchmark (tests/k8s/bench_operator.py $(BENCH_OPERATOR_ARGS)))
+	@$(VENV_PYTHON) tests/k8s/bench_operator.py $(BENCH_OPERATOR_ARGS)
 
 test: ## lint, chart-lint, test-rust, test-e2e, test-k8s, then test-node (everything CI runs)
 	@all_start=$$(date +%s); \

@@ -1,6 +1,7 @@
-//! The children of one resource in the cluster: read once per reconcile, checked for names
-//! held by objects the resource does not control, then applied, skipping every child that
-//! is exactly as the operator last applied it (so a resource at rest costs reads, no writes).
+//! The children of one resource in the cluster: read from the watch caches (the API server
+//! only for a name the caches do not hold, which may be another workload's object), checked
+//! for names held by objects the resource does not control, then applied, skipping every
+//! child that is exactly as the operator last applied it. A resource at rest costs no request.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -8,7 +9,9 @@ use std::sync::Mutex;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount, ServicePort};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -16,13 +19,24 @@ use sha2::{Digest, Sha256};
 
 use crate::crd::KinesisExporter;
 use crate::reconcile::{Context, Error};
-use crate::resources;
-use crate::resources::FIELD_MANAGER;
+use crate::resources::{self, FIELD_MANAGER};
+
+/// The watch caches of the children (only objects carrying the operator's label): the
+/// Deployments whole, for their status; the other kinds by metadata only.
+#[derive(Clone)]
+pub struct Caches {
+    pub deployments: Store<Deployment>,
+    pub config_maps: Store<PartialObjectMeta<ConfigMap>>,
+    pub services: Store<PartialObjectMeta<Service>>,
+    pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
+    pub budgets: Store<PartialObjectMeta<PodDisruptionBudget>>,
+}
 
 /// What the operator last applied to each child, by "Kind/namespace/name": a digest of the
-/// object it sent and the fingerprint of the object the API server returned.
+/// object it sent, and the fingerprints under which the object counts as unchanged since
+/// (as returned by the apply, and as it was just before it, which a cache may still show).
 #[derive(Default)]
-pub struct Applied(Mutex<HashMap<String, (String, String)>>);
+pub struct Applied(Mutex<HashMap<String, (String, Vec<String>)>>);
 
 impl Applied {
     fn unchanged(&self, key: &str, desired: &str, existing: &str) -> bool {
@@ -30,47 +44,75 @@ impl Applied {
             .lock()
             .unwrap()
             .get(key)
-            .is_some_and(|(d, e)| d == desired && e == existing)
+            .is_some_and(|(d, seen)| d == desired && seen.iter().any(|s| s == existing))
     }
 
-    fn record(&self, key: String, desired: String, returned: String) {
-        self.0.lock().unwrap().insert(key, (desired, returned));
+    fn record(&self, key: String, desired: String, seen: Vec<String>) {
+        self.0.lock().unwrap().insert(key, (desired, seen));
     }
 }
 
-/// The children as they stand (None where absent), read once per reconcile.
+/// The children as they stand (None where absent): the Deployment whole, the others' metadata.
 pub struct Existing {
-    pub service_account: Option<ServiceAccount>,
-    pub config_map: Option<ConfigMap>,
+    pub service_account: Option<ObjectMeta>,
+    pub config_map: Option<ObjectMeta>,
     pub deployment: Option<Deployment>,
-    pub service: Option<Service>,
-    pub budget: Option<PodDisruptionBudget>,
+    pub service: Option<ObjectMeta>,
+    pub budget: Option<ObjectMeta>,
 }
 
 fn kind_of<K: Resource<DynamicType = ()>>() -> String {
     K::kind(&()).to_string()
 }
 
-async fn get<K>(api: &Api<K>, name: &str) -> Result<Option<K>, Error>
+/// The metadata of `ns/name` of kind K: from the cache, else from the API server (an object
+/// without the operator's label is not in the cache, and it is the one that must be seen).
+async fn metadata<K>(
+    cache: &Store<PartialObjectMeta<K>>,
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+) -> Result<Option<ObjectMeta>, Error>
 where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + DeserializeOwned,
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned,
 {
-    api.get_opt(name).await.map_err(|source| Error::Apply {
-        kind: "get",
-        name: format!("{} {name}", kind_of::<K>()),
-        source,
-    })
+    if let Some(cached) = cache.get(&ObjectRef::new(name).within(ns)) {
+        return Ok(Some(cached.metadata.clone()));
+    }
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
+    api.get_metadata_opt(name)
+        .await
+        .map(|found| found.map(|o| o.metadata))
+        .map_err(|source| Error::Apply {
+            kind: "get",
+            name: format!("{} {name}", kind_of::<K>()),
+            source,
+        })
 }
 
 pub async fn read(kex: &KinesisExporter, ctx: &Context, ns: &str) -> Result<Existing, Error> {
     let name = kex.name_any();
-    let client = &ctx.client;
+    let caches = &ctx.caches;
+    let deployment = match caches.deployments.get(&ObjectRef::new(&name).within(ns)) {
+        Some(cached) => Some((*cached).clone()),
+        None => {
+            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+            api.get_opt(&name).await.map_err(|source| Error::Apply {
+                kind: "get",
+                name: format!("Deployment {name}"),
+                source,
+            })?
+        }
+    };
     Ok(Existing {
-        service_account: get(&Api::namespaced(client.clone(), ns), &name).await?,
-        config_map: get(&Api::namespaced(client.clone(), ns), &name).await?,
-        deployment: get(&Api::namespaced(client.clone(), ns), &name).await?,
-        service: get(&Api::namespaced(client.clone(), ns), &name).await?,
-        budget: get(&Api::namespaced(client.clone(), ns), &name).await?,
+        service_account: metadata(&caches.service_accounts, ctx, ns, &name).await?,
+        config_map: metadata(&caches.config_maps, ctx, ns, &name).await?,
+        deployment,
+        service: metadata(&caches.services, ctx, ns, &name).await?,
+        budget: metadata(&caches.budgets, ctx, ns, &name).await?,
     })
 }
 
@@ -78,43 +120,45 @@ pub async fn read(kex: &KinesisExporter, ctx: &Context, ns: &str) -> Result<Exis
 /// control, each with why. Checked for all of them before anything is applied, so a conflict
 /// never leaves pods running beside an object that is not theirs.
 pub fn taken_names(kex: &KinesisExporter, existing: &Existing) -> Vec<String> {
-    fn holder<K: Resource<DynamicType = ()>>(object: Option<&K>, uid: &str) -> Option<String> {
-        let object = object?;
-        resources::foreign_holder(object.meta(), uid).map(|why| {
-            format!(
-                "{} {} exists and is not managed by this KinesisExporter ({why})",
-                kind_of::<K>(),
-                object.name_any()
-            )
-        })
-    }
     let uid = kex.metadata.uid.clone().unwrap_or_default();
+    let name = kex.name_any();
+    let holder = |kind: &str, meta: Option<&ObjectMeta>| {
+        resources::foreign_holder(meta?, &uid).map(|why| {
+            format!("{kind} {name} exists and is not managed by this KinesisExporter ({why})")
+        })
+    };
     let wants_account = resources::service_account(kex).is_some();
     let wants_budget = resources::pod_disruption_budget(kex).is_some();
     [
         holder(
+            "ServiceAccount",
             existing.service_account.as_ref().filter(|_| wants_account),
-            &uid,
         ),
-        holder(existing.config_map.as_ref(), &uid),
-        holder(existing.deployment.as_ref(), &uid),
-        holder(existing.service.as_ref(), &uid),
-        holder(existing.budget.as_ref().filter(|_| wants_budget), &uid),
+        holder("ConfigMap", existing.config_map.as_ref()),
+        holder(
+            "Deployment",
+            existing.deployment.as_ref().map(|d| &d.metadata),
+        ),
+        holder("Service", existing.service.as_ref()),
+        holder(
+            "PodDisruptionBudget",
+            existing.budget.as_ref().filter(|_| wants_budget),
+        ),
     ]
     .into_iter()
     .flatten()
     .collect()
 }
 
-/// Server-side applies `desired` unless the child is exactly as last applied: same desired
-/// object, and the object in the cluster unchanged since (its fingerprint). Returns the child
-/// as it now stands.
+/// Server-side applies `desired` unless the child is exactly as last applied: the same
+/// desired object, and the object in the cluster unchanged since (its fingerprint). Returns
+/// the applied object, or None when nothing was sent.
 async fn ensure<K>(
     api: &Api<K>,
     desired: &K,
-    existing: Option<K>,
+    existing: Option<&ObjectMeta>,
     ctx: &Context,
-) -> Result<K, Error>
+) -> Result<Option<K>, Error>
 where
     K: Resource<DynamicType = ()> + Serialize + Clone + std::fmt::Debug + DeserializeOwned,
 {
@@ -125,13 +169,12 @@ where
     let digest = hex::encode(Sha256::digest(
         serde_json::to_vec(desired).unwrap_or_default(),
     ));
-    if let Some(existing) = existing
-        && ctx
-            .applied
-            .unchanged(&key, &digest, &resources::fingerprint(existing.meta()))
+    let before = existing.map(resources::fingerprint);
+    if let Some(before) = &before
+        && ctx.applied.unchanged(&key, &digest, before)
     {
         ctx.metrics.applied(kind, "unchanged");
-        return Ok(existing);
+        return Ok(None);
     }
     ctx.may_write()?;
     let applied = api
@@ -149,16 +192,17 @@ where
             name,
             source,
         })?;
-    ctx.applied
-        .record(key, digest, resources::fingerprint(applied.meta()));
+    let mut seen = vec![resources::fingerprint(applied.meta())];
+    seen.extend(before);
+    ctx.applied.record(key, digest, seen);
     ctx.metrics.applied(kind, "applied");
-    Ok(applied)
+    Ok(Some(applied))
 }
 
 /// Deletes a child the spec no longer asks for, if it exists and is ours.
 async fn remove_if_owned<K>(
     api: &Api<K>,
-    existing: Option<K>,
+    existing: Option<&ObjectMeta>,
     kex: &KinesisExporter,
     ctx: &Context,
 ) -> Result<(), Error>
@@ -169,16 +213,20 @@ where
         return Ok(());
     };
     let uid = kex.metadata.uid.clone().unwrap_or_default();
-    if resources::foreign_holder(existing.meta(), &uid).is_none() {
+    if resources::foreign_holder(existing, &uid).is_none() {
         ctx.may_write()?;
-        let name = existing.name_any();
-        api.delete(&name, &DeleteParams::default())
-            .await
-            .map_err(|source| Error::Apply {
-                kind: "delete",
-                name,
-                source,
-            })?;
+        let name = existing.name.clone().unwrap_or_default();
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(source) => {
+                return Err(Error::Apply {
+                    kind: "delete",
+                    name,
+                    source,
+                });
+            }
+        }
     }
     Ok(())
 }
@@ -189,9 +237,14 @@ where
 async fn restore_service_ports(
     api: &Api<Service>,
     desired: &Service,
-    existing: Option<&Service>,
     ctx: &Context,
 ) -> Result<(), Error> {
+    let name = desired.name_any();
+    let existing = api.get_opt(&name).await.map_err(|source| Error::Apply {
+        kind: "get",
+        name: format!("Service {name}"),
+        source,
+    })?;
     let Some(existing) = existing else {
         return Ok(());
     };
@@ -210,8 +263,7 @@ async fn restore_service_ports(
         )
     };
     let wanted = ports(desired);
-    if ports(existing).iter().map(key).ne(wanted.iter().map(key)) {
-        let name = existing.name_any();
+    if ports(&existing).iter().map(key).ne(wanted.iter().map(key)) {
         ctx.may_write()?;
         tracing::info!(service = %name, "ports drifted; restoring them");
         let patch = serde_json::json!({"spec": {"ports": wanted}});
@@ -238,34 +290,48 @@ pub async fn apply(
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
     match resources::service_account(kex) {
         Some(sa) => {
-            ensure(&accounts, &sa, existing.service_account, ctx).await?;
+            ensure(&accounts, &sa, existing.service_account.as_ref(), ctx).await?;
         }
-        None => remove_if_owned(&accounts, existing.service_account, kex, ctx).await?,
+        None => remove_if_owned(&accounts, existing.service_account.as_ref(), kex, ctx).await?,
     }
     ensure(
-        &Api::namespaced(client.clone(), ns),
+        &Api::<ConfigMap>::namespaced(client.clone(), ns),
         &resources::config_map(kex),
-        existing.config_map,
+        existing.config_map.as_ref(),
         ctx,
     )
     .await?;
-    let deployment = ensure(
-        &Api::namespaced(client.clone(), ns),
-        &resources::deployment(kex, &ctx.defaults),
-        existing.deployment,
+    let desired = resources::deployment(kex, &ctx.defaults);
+    let applied = ensure(
+        &Api::<Deployment>::namespaced(client.clone(), ns),
+        &desired,
+        existing.deployment.as_ref().map(|d| &d.metadata),
         ctx,
     )
     .await?;
+    let deployment = applied.or(existing.deployment).unwrap_or(desired);
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     let service = resources::service(kex);
-    restore_service_ports(&services, &service, existing.service.as_ref(), ctx).await?;
-    ensure(&services, &service, existing.service, ctx).await?;
+    let service_before = existing.service.as_ref();
+    // Someone changed the Service (its fingerprint moved): look at its ports before applying.
+    let key = format!("Service/{ns}/{}", kex.name_any());
+    let digest = hex::encode(Sha256::digest(
+        serde_json::to_vec(&service).unwrap_or_default(),
+    ));
+    if let Some(before) = service_before
+        && !ctx
+            .applied
+            .unchanged(&key, &digest, &resources::fingerprint(before))
+    {
+        restore_service_ports(&services, &service, ctx).await?;
+    }
+    ensure(&services, &service, service_before, ctx).await?;
     let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
     match resources::pod_disruption_budget(kex) {
         Some(pdb) => {
-            ensure(&budgets, &pdb, existing.budget, ctx).await?;
+            ensure(&budgets, &pdb, existing.budget.as_ref(), ctx).await?;
         }
-        None => remove_if_owned(&budgets, existing.budget, kex, ctx).await?,
+        None => remove_if_owned(&budgets, existing.budget.as_ref(), kex, ctx).await?,
     }
     Ok(deployment)
 }

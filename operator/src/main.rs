@@ -202,16 +202,21 @@ async fn main() -> anyhow::Result<()> {
     );
     let tenancy = cli.tenancy.into_tenancy();
     tracing::info!(?tenancy, "tenancy guardrails");
-    let ctx = Context::new(
-        client.clone(),
-        Defaults {
-            exporter_image: cli.exporter_image.clone(),
-        },
-        tenancy,
-        leadership,
-        recorder,
-        metrics,
-    );
+    let defaults = Defaults {
+        exporter_image: cli.exporter_image.clone(),
+    };
+    // One context per controller (one per watched namespace), each with its own caches.
+    let context = |caches| {
+        Context::new(
+            client.clone(),
+            defaults.clone(),
+            tenancy.clone(),
+            leadership.clone(),
+            recorder.clone(),
+            metrics.clone(),
+            caches,
+        )
+    };
     let namespaces: Vec<String> = cli
         .namespaces
         .into_iter()
@@ -231,7 +236,7 @@ async fn main() -> anyhow::Result<()> {
         reconcile::run(
             Api::<KinesisExporter>::all(client.clone()),
             OwnedApis::new(&client, None),
-            ctx,
+            context,
             settings,
             readiness,
         )
@@ -241,7 +246,7 @@ async fn main() -> anyhow::Result<()> {
             reconcile::run(
                 Api::<KinesisExporter>::namespaced(client.clone(), ns),
                 OwnedApis::new(&client, Some(ns)),
-                ctx.clone(),
+                context,
                 settings,
                 readiness.clone(),
             )

@@ -10,6 +10,7 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -78,6 +79,8 @@ pub struct Context {
     pub leadership: crate::leader::Leadership,
     pub recorder: Recorder,
     pub metrics: crate::metrics::OperatorMetrics,
+    /// The children's watch caches.
+    pub caches: children::Caches,
     /// Consecutive failures per resource, for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
@@ -99,6 +102,7 @@ impl Context {
         leadership: crate::leader::Leadership,
         recorder: Recorder,
         metrics: crate::metrics::OperatorMetrics,
+        caches: children::Caches,
     ) -> Arc<Self> {
         Arc::new(Context {
             applied: Default::default(),
@@ -108,6 +112,7 @@ impl Context {
             leadership,
             recorder,
             metrics,
+            caches,
             failures: Mutex::default(),
         })
     }
@@ -194,7 +199,8 @@ async fn reconcile_once(kex: Arc<KinesisExporter>, ctx: &Arc<Context>) -> Result
     // before the Deployment's progress deadline does.
     let waiting_for_pods =
         problem.is_none() && deployment.as_ref().is_some_and(|d| not_available(d, &kex));
-    let pods = if waiting_for_pods {
+    // Pods get some seconds to start before they are looked at (a list per resource).
+    let pods = if waiting_for_pods && not_ready_for(&kex) >= POD_GRACE {
         pod_trouble(&kex, &ctx, &ns).await
     } else {
         None
@@ -254,6 +260,24 @@ async fn reconcile_once(kex: Arc<KinesisExporter>, ctx: &Arc<Context>) -> Result
 const RESYNC: Duration = Duration::from_secs(300);
 /// How soon a resource whose pods are not all available is looked at again.
 const WAITING_FOR_PODS_RECHECK: Duration = Duration::from_secs(10);
+
+/// How long the exporter's pods may take to start before the operator looks at them.
+const POD_GRACE: Duration = Duration::from_secs(10);
+
+/// For how long the resource's status has said it is not Ready (zero when Ready or unknown).
+fn not_ready_for(kex: &KinesisExporter) -> Duration {
+    let since = kex
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+        .filter(|c| c.status == "False")
+        .map(|c| c.last_transition_time.0);
+    since
+        .and_then(|t| {
+            Duration::try_from(k8s_openapi::jiff::Timestamp::now().duration_since(t)).ok()
+        })
+        .unwrap_or_default()
+}
 
 /// Whether the Deployment has fewer available pods than the resource asks for.
 fn not_available(deployment: &Deployment, kex: &KinesisExporter) -> bool {
@@ -357,34 +381,92 @@ pub struct RunSettings {
     pub concurrency: u16,
 }
 
-/// Runs the controller over `api` until the stream ends (shutdown). `readiness` counts this
-/// controller as syncing until its cache of KinesisExporters is complete.
+/// Runs the controller over `api` until the stream ends (shutdown). `make_context` gets the
+/// children's caches this controller fills. `readiness` counts it as syncing until its caches
+/// are complete; reconciling starts only then, so a restart reads from the caches rather
+/// than asking the API server for every child.
 pub async fn run(
     api: Api<KinesisExporter>,
     owned: OwnedApis,
-    ctx: Arc<Context>,
+    make_context: impl FnOnce(children::Caches) -> Arc<Context>,
     settings: RunSettings,
     readiness: crate::metrics::Readiness,
 ) {
     use kube::runtime::WatchStreamExt;
     use kube::runtime::reflector::{self, ObjectRef};
 
-    // Each watch backs off on its own (client-go's schedule, capped at 30 s), so one failing
-    // stream never holds back the others; the controller adds no delay of its own.
+    let (deployments, deployments_writer) = reflector::store();
+    let (config_maps, config_maps_writer) = reflector::store();
+    let (services, services_writer) = reflector::store();
+    let (service_accounts, service_accounts_writer) = reflector::store();
+    let (budgets, budgets_writer) = reflector::store();
+    let caches = children::Caches {
+        deployments,
+        config_maps,
+        services,
+        service_accounts,
+        budgets,
+    };
+    let ctx = make_context(caches.clone());
+
+    // The resources' watch starts once the children's caches are complete.
+    let children_synced = {
+        let caches = caches.clone();
+        async move {
+            let _ = futures::future::join5(
+                caches.deployments.wait_until_ready(),
+                caches.config_maps.wait_until_ready(),
+                caches.services.wait_until_ready(),
+                caches.service_accounts.wait_until_ready(),
+                caches.budgets.wait_until_ready(),
+            )
+            .await;
+            tracing::info!("caches of the children synced");
+        }
+    };
     let (store, writer) = reflector::store();
-    let resources = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .reflect(writer)
-        .applied_objects();
+    let resources = futures::stream::once(async move {
+        children_synced.await;
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .applied_objects()
+    })
+    .flatten();
     let (retry_tx, retry_rx) = futures::channel::mpsc::unbounded::<ObjectRef<KinesisExporter>>();
     let controller = Controller::for_stream(resources, store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
         .trigger_backoff(NoExtraBackoff)
-        .watches_stream(child_events(owned.deployments), owner)
-        .watches_stream(child_events(owned.config_maps), owner)
-        .watches_stream(child_events(owned.services), owner)
-        .watches_stream(child_events(owned.service_accounts), owner)
-        .watches_stream(child_events(owned.budgets), owner)
+        .watches_stream(
+            child_events(owned.deployments)
+                .reflect(deployments_writer)
+                .touched_objects(),
+            |d: Deployment| owner_of(&d.metadata),
+        )
+        .watches_stream(
+            child_events(owned.config_maps)
+                .reflect(config_maps_writer)
+                .touched_objects(),
+            |m: PartialObjectMeta<ConfigMap>| owner_of(&m.metadata),
+        )
+        .watches_stream(
+            child_events(owned.services)
+                .reflect(services_writer)
+                .touched_objects(),
+            |m: PartialObjectMeta<Service>| owner_of(&m.metadata),
+        )
+        .watches_stream(
+            child_events(owned.service_accounts)
+                .reflect(service_accounts_writer)
+                .touched_objects(),
+            |m: PartialObjectMeta<ServiceAccount>| owner_of(&m.metadata),
+        )
+        .watches_stream(
+            child_events(owned.budgets)
+                .reflect(budgets_writer)
+                .touched_objects(),
+            |m: PartialObjectMeta<PodDisruptionBudget>| owner_of(&m.metadata),
+        )
         .reconcile_on(retry_rx)
         .shutdown_on_signal();
 
@@ -457,40 +539,31 @@ pub async fn run(
         .await;
 }
 
-/// Metadata-only watch of one kind of child, selected by the operator's label, with its own
-/// backoff (client-go's schedule, capped at 30 s), so one failing stream never holds back the
-/// others.
+/// The watch of one kind of child, selected by the operator's label, with its own backoff
+/// (client-go's schedule, capped at 30 s), so one failing stream never holds back the others.
 fn child_events<K>(
-    api: Api<PartialObjectMeta<K>>,
-) -> impl futures::Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
+    api: Api<K>,
+) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
 where
-    K: Resource<DynamicType = ()> + Clone + std::fmt::Debug + Send + Sync + 'static,
-    PartialObjectMeta<K>: serde::de::DeserializeOwned,
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
     use kube::runtime::WatchStreamExt;
-    watcher(api, watcher::Config::default().labels(MANAGED_BY_SELECTOR))
-        .default_backoff()
-        .touched_objects()
+    watcher(api, watcher::Config::default().labels(MANAGED_BY_SELECTOR)).default_backoff()
 }
 
 /// The resource a child belongs to: its KinesisExporter owner reference, else its instance
 /// label (so a child whose owner reference was removed still brings its resource to put it
 /// back).
-fn owner<K: Resource>(
-    child: PartialObjectMeta<K>,
-) -> Option<kube::runtime::reflector::ObjectRef<KinesisExporter>> {
-    let ns = child.metadata.namespace.clone()?;
-    let name = child
-        .metadata
+fn owner_of(meta: &ObjectMeta) -> Option<kube::runtime::reflector::ObjectRef<KinesisExporter>> {
+    let ns = meta.namespace.clone()?;
+    let name = meta
         .owner_references
         .iter()
         .flatten()
         .find(|o| o.kind == "KinesisExporter" && o.api_version.starts_with("kinesis.otlp.dev/"))
         .map(|o| o.name.clone())
         .or_else(|| {
-            child
-                .metadata
-                .labels
+            meta.labels
                 .as_ref()?
                 .get("app.kubernetes.io/instance")
                 .cloned()
@@ -512,10 +585,10 @@ impl kube::runtime::utils::Backoff for NoExtraBackoff {
     fn reset(&mut self) {}
 }
 
-/// The children's APIs for metadata-only watches, cluster-wide or in one namespace like the
-/// resource's.
+/// The children's APIs, cluster-wide or in one namespace like the resource's: Deployments
+/// whole (their status makes the resource's), the other kinds by metadata only.
 pub struct OwnedApis {
-    pub deployments: Api<PartialObjectMeta<Deployment>>,
+    pub deployments: Api<Deployment>,
     pub config_maps: Api<PartialObjectMeta<ConfigMap>>,
     pub services: Api<PartialObjectMeta<Service>>,
     pub service_accounts: Api<PartialObjectMeta<ServiceAccount>>,

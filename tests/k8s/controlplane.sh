@@ -7,6 +7,8 @@
 #                                          admin kubeconfig in DIR/kubeconfig, logs in DIR/logs/
 #   tests/k8s/controlplane.sh down DIR     stop everything `up DIR` started (safe to repeat)
 #   tests/k8s/controlplane.sh kill-apiserver DIR   kill -9 the apiserver (a crash)
+#   (KEX_K8S_CONTROLLER_QPS raises the built-in controllers' API rate limits, KEX_K8S_NODE_PODS
+#   the pods each fake node takes: both for the operator benchmark)
 #   tests/k8s/controlplane.sh start-apiserver DIR  start it again as before; waits for /readyz
 #   tests/k8s/controlplane.sh bin NAME     print the cached path of one binary (builds if needed)
 #
@@ -424,6 +426,16 @@ YAML
     || exit 1
   say "kube-apiserver ready ($(( $(date +%s) - t0 ))s)"
 
+  # The built-in controllers' client rate limits (20 QPS for the controller-manager, 50 for
+  # the scheduler) and sync concurrency, unless KEX_K8S_CONTROLLER_QPS raises them (the
+  # operator benchmark does, so that the cluster rather than the operator is not the limit).
+  local controller_limits=() scheduler_limits=()
+  if [ -n "${KEX_K8S_CONTROLLER_QPS:-}" ]; then
+    controller_limits=(--kube-api-qps "$KEX_K8S_CONTROLLER_QPS" --kube-api-burst "$(( KEX_K8S_CONTROLLER_QPS * 2 ))"
+                       --concurrent-deployment-syncs 20 --concurrent-replicaset-syncs 20)
+    scheduler_limits=(--kube-api-qps "$KEX_K8S_CONTROLLER_QPS" --kube-api-burst "$(( KEX_K8S_CONTROLLER_QPS * 2 ))")
+    say "controller-manager and scheduler: --kube-api-qps $KEX_K8S_CONTROLLER_QPS (KEX_K8S_CONTROLLER_QPS)"
+  fi
   say "starting kube-controller-manager on 127.0.0.1:$p_kcm"
   start kube-controller-manager "$dir" "$KCM" \
     --kubeconfig "$dir/controller-manager.kubeconfig" \
@@ -433,14 +445,14 @@ YAML
     --service-account-private-key-file "$P/sa.key" --root-ca-file "$P/ca.crt" \
     --use-service-account-credentials=true \
     --cluster-signing-cert-file "$P/ca.crt" --cluster-signing-key-file "$P/ca.key" \
-    --controllers '*' --leader-elect=false --v=1
+    --controllers '*' --leader-elect=false --v=1 "${controller_limits[@]}"
   say "starting kube-scheduler on 127.0.0.1:$p_sched"
   start kube-scheduler "$dir" "$KSCHED" \
     --kubeconfig "$dir/scheduler.kubeconfig" \
     --authentication-kubeconfig "$dir/scheduler.kubeconfig" \
     --authorization-kubeconfig "$dir/scheduler.kubeconfig" \
     --bind-address 127.0.0.1 --secure-port "$p_sched" --cert-dir "$dir/pki/scheduler-serving" \
-    --leader-elect=false --v=1
+    --leader-elect=false --v=1 "${scheduler_limits[@]}"
   wait_until 90 "kube-controller-manager /healthz" healthy "https://127.0.0.1:$p_kcm/healthz" \
     || exit 1
   say "kube-controller-manager healthy"
@@ -472,8 +484,8 @@ metadata:
     kubernetes.io/arch: amd64
     type: kwok
 status:
-  allocatable: {cpu: "8", memory: 32Gi, pods: "110", ephemeral-storage: 100Gi}
-  capacity: {cpu: "8", memory: 32Gi, pods: "110", ephemeral-storage: 100Gi}
+  allocatable: {cpu: "8", memory: 32Gi, pods: "${KEX_K8S_NODE_PODS:-110}", ephemeral-storage: 100Gi}
+  capacity: {cpu: "8", memory: 32Gi, pods: "${KEX_K8S_NODE_PODS:-110}", ephemeral-storage: 100Gi}
 ---
 NODE
   done > "$dir/nodes.yaml"
