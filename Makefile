@@ -41,7 +41,7 @@ endif
 
 say = @printf '==> %s\n' "$(1)"
 
-.PHONY: crds readme help deps build lint chart-lint toolchain test-rust test-e2e test-k8s images node test-node test bench bench-operator demo clean distclean
+.PHONY: crds readme help deps build lint chart-lint toolchain test-rust test-e2e test-k8s images node test-node test bench bench-operator chart-docs demo clean distclean
 
 help: ## List the targets
 	@echo "kinesis-exporter targets:"
@@ -117,6 +117,10 @@ lint: toolchain ## cargo fmt --check and cargo clippy -D warnings
 	@$(CARGO) fmt --all -- --check
 	$(call say,cargo clippy --workspace --all-targets --locked -- -D warnings)
 	@$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+chart-docs: ## Regenerate charts/kinesis-operator/README.md from values.yaml (helm-docs)
+	$(call say,helm-docs: charts/kinesis-operator/README.md)
+	@bash -c 'source tests/k8s/tools.sh && ensure_helm_docs && cd charts && "$$HELM_DOCS" --chart-search-root . --log-level warning'
 
 crds: ## Regenerate crds/kinesisexporters.yaml (and the chart's copy) with crdgen
 	$(call say,cargo run -p kinesis-operator --bin crdgen)

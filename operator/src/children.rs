@@ -65,10 +65,13 @@ fn kind_of<K: Resource<DynamicType = ()>>() -> String {
     K::kind(&()).to_string()
 }
 
-/// The metadata of `ns/name` of kind K: from the cache, else from the API server (an object
-/// without the operator's label is not in the cache, and it is the one that must be seen).
+/// The metadata of `ns/name` of kind K: from the cache, else, when `wanted` (the spec asks
+/// for that child), from the API server: an object without the operator's label is not in the
+/// cache, and it is the one that must be seen before anything of that name is applied. A
+/// child the spec does not want matters only if it is ours, and ours are in the cache.
 async fn metadata<K>(
     cache: &Store<PartialObjectMeta<K>>,
+    wanted: bool,
     ctx: &Context,
     ns: &str,
     name: &str,
@@ -81,6 +84,9 @@ where
 {
     if let Some(cached) = cache.get(&ObjectRef::new(name).within(ns)) {
         return Ok(Some(cached.metadata.clone()));
+    }
+    if !wanted {
+        return Ok(None);
     }
     let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
     api.get_metadata_opt(name)
@@ -107,12 +113,14 @@ pub async fn read(kex: &KinesisExporter, ctx: &Context, ns: &str) -> Result<Exis
             })?
         }
     };
+    let wants_account = resources::service_account(kex).is_some();
+    let wants_budget = resources::pod_disruption_budget(kex).is_some();
     Ok(Existing {
-        service_account: metadata(&caches.service_accounts, ctx, ns, &name).await?,
-        config_map: metadata(&caches.config_maps, ctx, ns, &name).await?,
+        service_account: metadata(&caches.service_accounts, wants_account, ctx, ns, &name).await?,
+        config_map: metadata(&caches.config_maps, true, ctx, ns, &name).await?,
         deployment,
-        service: metadata(&caches.services, ctx, ns, &name).await?,
-        budget: metadata(&caches.budgets, ctx, ns, &name).await?,
+        service: metadata(&caches.services, true, ctx, ns, &name).await?,
+        budget: metadata(&caches.budgets, wants_budget, ctx, ns, &name).await?,
     })
 }
 

@@ -49,11 +49,11 @@ struct Cli {
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
     /// Reconciles running at once, across all resources.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..))]
     concurrency: u16,
     /// Requests per second the operator sends to the API server at most (a client-side limit,
     /// so that a burst of resources never floods it).
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
     api_qps: u64,
     #[command(flatten)]
     tenancy: TenancyArgs,

@@ -208,6 +208,8 @@ def main() -> int:
     parser.add_argument("--namespaces", type=int, default=100)
     parser.add_argument("--rest-seconds", type=int, default=180)
     parser.add_argument("--timeout", type=int, default=900, help="seconds to wait for all Ready, per phase")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a chart value for the install, e.g. controller.apiQps=100 (repeatable)")
     args = parser.parse_args()
     binary = cargo_target_dir() / "release" / "kinesis-operator"
     if not binary.is_file():
@@ -229,7 +231,8 @@ def main() -> int:
                                   text=True, check=True).stdout.strip().splitlines()[-1]
         step("helm install the chart (its RBAC, admission policies, controller.concurrency and apiQps)")
         helm(helm_bin, cluster, "install", RELEASE, str(CHART_DIR), "--namespace", OPERATOR_NAMESPACE,
-             "--create-namespace", "--set", "replicaCount=1", "--wait", "--timeout", "3m")
+             "--create-namespace", "--set", "replicaCount=1", *(a for kv in args.set for a in ("--set", kv)),
+             "--wait", "--timeout", "3m")
         manifest = [d for d in yaml.safe_load_all(
             helm(helm_bin, cluster, "get", "manifest", RELEASE, "-n", OPERATOR_NAMESPACE).stdout) if d]
         deployment = next(d for d in manifest if d["kind"] == "Deployment")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Offline checks of the operator's Helm chart (charts/kinesis-operator), run by `make chart-lint`:
-#   1. the chart's CRD is a byte-identical copy of crds/kinesisexporters.yaml;
+#   1. the chart's CRD is a byte-identical copy of crds/kinesisexporters.yaml, and its README
+#      is what helm-docs generates from values.yaml;
 #   2. `helm lint --strict` with the default values and with ci/namespaced-values.yaml
 #      (namespaced RBAC, leader election, ServiceMonitor);
 #   3. values.schema.json rejects bad values (unknown key, replicaCount 0, bad enum, ...);
@@ -39,6 +40,19 @@ fi
 
 ensure_helm
 say "helm: $HELM ($("$HELM" version --short))"
+
+# The chart README is generated from values.yaml by helm-docs (make chart-docs).
+ensure_helm_docs
+say "chart README: $chart/README.md is what helm-docs $HELM_DOCS_VERSION writes from values.yaml"
+readme_tmp="$(mktemp -d)"
+cp -r "$chart" "$readme_tmp/"
+(cd "$readme_tmp" && "$HELM_DOCS" --chart-search-root . --log-level warning)
+if ! cmp -s "$readme_tmp/$(basename "$chart")/README.md" "$chart/README.md"; then
+  diff -u "$chart/README.md" "$readme_tmp/$(basename "$chart")/README.md" | head -n 40 >&2 || true
+  rm -rf "$readme_tmp"
+  fail "$chart/README.md is stale; run make chart-docs"
+fi
+rm -rf "$readme_tmp"
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT

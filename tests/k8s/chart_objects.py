@@ -101,6 +101,10 @@ if deps:
     else:
         check("--leader-election" not in args, "no --leader-election with one replica")
     env = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in c.get("env", [])}
+    values = {e["name"]: e.get("value") for e in c.get("env", [])}
+    check(values.get("RUST_LOG") == ("info,kinesis_operator=debug" if ns_mode else "info"), f"RUST_LOG {values}")
+    if ns_mode:
+        check(values.get("HTTPS_PROXY") == "http://proxy.example.test:3128", "extraEnv appended")
     check(env.get("POD_NAME") == "metadata.name" and env.get("POD_NAMESPACE") == "metadata.namespace",
           "POD_NAME/POD_NAMESPACE from the downward API")
     check([(p["name"], p["containerPort"]) for p in c["ports"]] == [("metrics", 8080)], "port metrics 8080")
@@ -131,6 +135,19 @@ if deps:
                 check(m["metadata"]["labels"].get("release") == "prometheus", "ServiceMonitor extra labels")
         else:
             check(not mons, "no ServiceMonitor by default")
+        pod_monitors = find("PodMonitor")
+        if ns_mode:
+            check(len(pod_monitors) == 1, "PodMonitor rendered when podMonitor.enabled")
+            if pod_monitors:
+                spec = pod_monitors[0]["spec"]
+                check(spec["selector"]["matchLabels"] == {"app.kubernetes.io/name": "kinesis-exporter",
+                                                          "app.kubernetes.io/managed-by": "kinesis-operator"},
+                      "PodMonitor selects the exporter pods the operator runs")
+                check(spec["namespaceSelector"] == {"matchNames": watch}, "PodMonitor in the watched namespaces")
+                check(spec["podMetricsEndpoints"][0]["port"] == "metrics"
+                      and spec["podMetricsEndpoints"][0]["interval"] == "20s", "PodMonitor endpoint")
+        else:
+            check(not pod_monitors, "no PodMonitor by default")
 
 # RBAC: least privilege, per mode
 # Only the verbs the operator calls: no update anywhere (server-side apply is a patch, and
@@ -212,7 +229,7 @@ if deps:
           and "--excluded-namespaces=kube-system,kube-public,kube-node-lease" in args
           and "--pod-label-prefixes=kinesis.otlp.dev/" in args
           and "--allow-service-account-name" not in args, f"tenancy flags at their defaults: {args}")
-    check("--concurrency=16" in args and "--api-qps=50" in args, f"controller flags at their defaults: {args}")
+    check("--concurrency=32" in args and "--api-qps=200" in args, f"controller flags at their defaults: {args}")
 sas = find("ServiceAccount", fullname, namespace)
 check(len(sas) == 1, "ServiceAccount")
 for d in docs:

@@ -4,12 +4,14 @@
 #
 #   source tests/k8s/tools.sh; ensure_helm     sets HELM to the cached binary (builds it once)
 #   bash tests/k8s/tools.sh ensure_helm         same, prints the binary's path
+#   source tests/k8s/tools.sh; ensure_helm_docs   sets HELM_DOCS (helm-docs: the chart README)
 #
 # Cache: ${KINESIS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kinesis-exporter/bin}
 # Needs: go (1.26+, as helm's go.mod asks) on PATH. Builds run under `nice -n 19` with
 # GOFLAGS=-p=1 so they leave the CPU to anything else running (cargo, tests).
 
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+HELM_DOCS_VERSION="${HELM_DOCS_VERSION:-v1.14.2}"
 # Go build parallelism: 1 on a developer's machine, so builds leave the CPU to cargo and
 # tests; every core under CI, where nothing else runs.
 KEX_GO_PARALLELISM="${KEX_GO_PARALLELISM:-$([ "${CI:-}" = true ] && nproc || echo 1)}"
@@ -63,10 +65,35 @@ ensure_helm() {
   HELM="$bin"
 }
 
+# ensure_helm_docs: sets HELM_DOCS to ${KINESIS_TOOLS_DIR}/helm-docs-${HELM_DOCS_VERSION}, which
+# writes charts/*/README.md from Chart.yaml, values.yaml's "# --" comments and README.md.gotmpl.
+ensure_helm_docs() {
+  local bin="$KINESIS_TOOLS_DIR/helm-docs-$HELM_DOCS_VERSION" work start
+  if [ -x "$bin" ] && "$bin" --help >/dev/null 2>&1; then
+    HELM_DOCS="$bin"
+    return 0
+  fi
+  _tools_need_go || return 1
+  mkdir -p "$KINESIS_TOOLS_DIR" || return 1
+  start=$(date +%s)
+  _tools_say "building helm-docs $HELM_DOCS_VERSION from the Go module proxy (once; cached in $KINESIS_TOOLS_DIR)"
+  work="$(mktemp -d "$KINESIS_TOOLS_DIR/.helm-docs-build.XXXXXX")" || return 1
+  if ! GOBIN="$work" CGO_ENABLED=0 GOFLAGS="-p=${KEX_GO_PARALLELISM} -buildvcs=false" \
+       nice -n 19 go install -trimpath -ldflags "-s -w" "github.com/norwoodj/helm-docs/cmd/helm-docs@$HELM_DOCS_VERSION"; then
+    rm -rf "$work"
+    echo "error: building helm-docs $HELM_DOCS_VERSION failed" >&2
+    return 1
+  fi
+  mv -f "$work/helm-docs" "$bin" && rm -rf "$work" || return 1
+  _tools_say "built helm-docs $HELM_DOCS_VERSION in $(( $(date +%s) - start ))s: $bin"
+  HELM_DOCS="$bin"
+}
+
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   set -euo pipefail
   case "${1:-}" in
     ensure_helm) ensure_helm; printf '%s\n' "$HELM" ;;
-    *) echo "usage: $0 ensure_helm" >&2; exit 2 ;;
+    ensure_helm_docs) ensure_helm_docs; printf '%s\n' "$HELM_DOCS" ;;
+    *) echo "usage: $0 ensure_helm|ensure_helm_docs" >&2; exit 2 ;;
   esac
 fi
