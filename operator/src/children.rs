@@ -33,23 +33,58 @@ pub struct Caches {
 }
 
 /// What the operator last applied to each child, by "Kind/namespace/name": a digest of the
-/// object it sent, and the fingerprints under which the object counts as unchanged since
-/// (as returned by the apply, and as it was just before it, which a cache may still show).
+/// object it sent, the fingerprint of the object the apply returned, and the fingerprint it
+/// had just before, which a cache may still show for a moment.
 #[derive(Default)]
-pub struct Applied(Mutex<HashMap<String, (String, Vec<String>)>>);
+pub struct Applied(Mutex<HashMap<String, Record>>);
+
+struct Record {
+    desired: String,
+    after: String,
+    before: Option<String>,
+}
+
+/// How a child compares with what was last applied.
+#[derive(Debug, PartialEq, Eq)]
+enum Compared {
+    /// As last applied.
+    Unchanged,
+    /// As last applied, but the cache still shows it as it was before that apply.
+    Stale,
+    /// Never applied, changed since, or a different object is wanted now.
+    Changed,
+}
 
 impl Applied {
-    fn unchanged(&self, key: &str, desired: &str, existing: &str) -> bool {
-        self.0
-            .lock()
-            .unwrap()
-            .get(key)
-            .is_some_and(|(d, seen)| d == desired && seen.iter().any(|s| s == existing))
+    fn compare(&self, key: &str, desired: &str, existing: &str) -> Compared {
+        match self.0.lock().unwrap().get(key) {
+            Some(r) if r.desired == desired && r.after == existing => Compared::Unchanged,
+            Some(r) if r.desired == desired && r.before.as_deref() == Some(existing) => {
+                Compared::Stale
+            }
+            _ => Compared::Changed,
+        }
     }
 
-    fn record(&self, key: String, desired: String, seen: Vec<String>) {
-        self.0.lock().unwrap().insert(key, (desired, seen));
+    fn record(&self, key: String, desired: String, after: String, before: Option<String>) {
+        self.0.lock().unwrap().insert(
+            key,
+            Record {
+                desired,
+                after,
+                before,
+            },
+        );
     }
+}
+
+/// What `ensure` did.
+enum Ensured<K> {
+    /// Sent a server-side apply; the object it returned.
+    Applied(K),
+    /// Nothing to send. `stale`: the cache still shows the object from before the last
+    /// apply, so its status is not the current one.
+    Unchanged { stale: bool },
 }
 
 /// The children as they stand (None where absent): the Deployment whole, the others' metadata.
@@ -159,14 +194,13 @@ pub fn taken_names(kex: &KinesisExporter, existing: &Existing) -> Vec<String> {
 }
 
 /// Server-side applies `desired` unless the child is exactly as last applied: the same
-/// desired object, and the object in the cluster unchanged since (its fingerprint). Returns
-/// the applied object, or None when nothing was sent.
+/// desired object, and the object in the cluster unchanged since (its fingerprint).
 async fn ensure<K>(
     api: &Api<K>,
     desired: &K,
     existing: Option<&ObjectMeta>,
     ctx: &Context,
-) -> Result<Option<K>, Error>
+) -> Result<Ensured<K>, Error>
 where
     K: Resource<DynamicType = ()> + Serialize + Clone + std::fmt::Debug + DeserializeOwned,
 {
@@ -178,11 +212,18 @@ where
         serde_json::to_vec(desired).unwrap_or_default(),
     ));
     let before = existing.map(resources::fingerprint);
-    if let Some(before) = &before
-        && ctx.applied.unchanged(&key, &digest, before)
-    {
-        ctx.metrics.applied(kind, "unchanged");
-        return Ok(None);
+    if let Some(before) = &before {
+        match ctx.applied.compare(&key, &digest, before) {
+            Compared::Unchanged => {
+                ctx.metrics.applied(kind, "unchanged");
+                return Ok(Ensured::Unchanged { stale: false });
+            }
+            Compared::Stale => {
+                ctx.metrics.applied(kind, "unchanged");
+                return Ok(Ensured::Unchanged { stale: true });
+            }
+            Compared::Changed => {}
+        }
     }
     ctx.may_write()?;
     let applied = api
@@ -200,11 +241,10 @@ where
             name,
             source,
         })?;
-    let mut seen = vec![resources::fingerprint(applied.meta())];
-    seen.extend(before);
-    ctx.applied.record(key, digest, seen);
+    ctx.applied
+        .record(key, digest, resources::fingerprint(applied.meta()), before);
     ctx.metrics.applied(kind, "applied");
-    Ok(Some(applied))
+    Ok(Ensured::Applied(applied))
 }
 
 /// Deletes a child the spec no longer asks for, if it exists and is ours.
@@ -310,14 +350,29 @@ pub async fn apply(
     )
     .await?;
     let desired = resources::deployment(kex, &ctx.defaults);
-    let applied = ensure(
-        &Api::<Deployment>::namespaced(client.clone(), ns),
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let deployment = match ensure(
+        &deployments,
         &desired,
         existing.deployment.as_ref().map(|d| &d.metadata),
         ctx,
     )
-    .await?;
-    let deployment = applied.or(existing.deployment).unwrap_or(desired);
+    .await?
+    {
+        Ensured::Applied(applied) => applied,
+        // The cached Deployment predates the last apply: its status describes the previous
+        // template, so read the current one.
+        Ensured::Unchanged { stale: true } => deployments
+            .get_opt(&desired.name_any())
+            .await
+            .map_err(|source| Error::Apply {
+                kind: "get",
+                name: format!("Deployment {}", desired.name_any()),
+                source,
+            })?
+            .unwrap_or(desired),
+        Ensured::Unchanged { stale: false } => existing.deployment.unwrap_or(desired),
+    };
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     let service = resources::service(kex);
     let service_before = existing.service.as_ref();
@@ -327,9 +382,10 @@ pub async fn apply(
         serde_json::to_vec(&service).unwrap_or_default(),
     ));
     if let Some(before) = service_before
-        && !ctx
+        && ctx
             .applied
-            .unchanged(&key, &digest, &resources::fingerprint(before))
+            .compare(&key, &digest, &resources::fingerprint(before))
+            == Compared::Changed
     {
         restore_service_ports(&services, &service, ctx).await?;
     }

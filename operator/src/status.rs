@@ -174,14 +174,16 @@ pub fn compute(
                 READY,
                 true,
                 "PodsAvailable",
-                format!("{ready_current}/{desired} pods available with the current configuration"),
+                format!("all {desired} pods available with the current configuration"),
             )
         } else {
             condition(
                 READY,
                 false,
                 "PodsNotReady",
-                format!("{ready_current}/{desired} pods available with the current configuration"),
+                // Counts are in status.ready; a message that changed with each pod would cost a
+                // status write per pod.
+                format!("waiting for {desired} pods available with the current configuration"),
             )
         },
         if !rolled_out && problem.is_none() {
@@ -189,7 +191,7 @@ pub fn compute(
                 PROGRESSING,
                 true,
                 "RollingOut",
-                format!("{updated}/{desired} pods updated"),
+                format!("rolling out the current configuration to {desired} pods"),
             )
         } else {
             condition(PROGRESSING, false, "Idle", "no rollout under way".into())
