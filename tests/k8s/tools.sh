@@ -30,6 +30,21 @@ _tools_need_go() {
   fi
 }
 
+# _tools_go_install BIN PACKAGE@VERSION LDFLAGS: go install into a scratch GOBIN, then move the
+# binary (named like the package's last element) to BIN, so a failed build leaves no binary.
+_tools_go_install() {
+  local bin="$1" package="$2" ldflags="$3" work
+  work="$(mktemp -d "$KINESIS_TOOLS_DIR/.build.XXXXXX")" || return 1
+  if ! GOBIN="$work" CGO_ENABLED=0 GOFLAGS="-p=${KEX_GO_PARALLELISM} -buildvcs=false" \
+       nice -n 19 go install -trimpath -ldflags "$ldflags" "$package"; then
+    rm -rf "$work"
+    echo "error: building $package failed" >&2
+    return 1
+  fi
+  local name="${package%@*}"
+  mv -f "$work/${name##*/}" "$bin" && rm -rf "$work"
+}
+
 # ensure_helm: sets HELM to ${KINESIS_TOOLS_DIR}/helm-${HELM_VERSION}, building it on first use.
 ensure_helm() {
   local bin="$KINESIS_TOOLS_DIR/helm-$HELM_VERSION"
@@ -40,7 +55,7 @@ ensure_helm() {
   _tools_need_go || return 1
   mkdir -p "$KINESIS_TOOLS_DIR" || return 1
 
-  local gomod client_go k8s_minor ldflags work start
+  local gomod client_go k8s_minor ldflags start
   start=$(date +%s)
   _tools_say "building helm $HELM_VERSION from the Go module proxy (once; cached in $KINESIS_TOOLS_DIR; takes minutes on 2 cores)"
   # helm's own Makefile stamps the version and the Kubernetes version that `helm lint` and
@@ -53,14 +68,7 @@ ensure_helm() {
     ldflags="$ldflags -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$k8s_minor"
     ldflags="$ldflags -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$k8s_minor"
   fi
-  work="$(mktemp -d "$KINESIS_TOOLS_DIR/.helm-build.XXXXXX")" || return 1
-  if ! GOBIN="$work" CGO_ENABLED=0 GOFLAGS="-p=${KEX_GO_PARALLELISM} -buildvcs=false" \
-       nice -n 19 go install -trimpath -ldflags "$ldflags" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"; then
-    rm -rf "$work"
-    echo "error: building helm $HELM_VERSION failed" >&2
-    return 1
-  fi
-  mv -f "$work/helm" "$bin" && rm -rf "$work" || return 1
+  _tools_go_install "$bin" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" "$ldflags" || return 1
   _tools_say "built $("$bin" version --short) in $(( $(date +%s) - start ))s: $bin"
   HELM="$bin"
 }
@@ -68,7 +76,7 @@ ensure_helm() {
 # ensure_helm_docs: sets HELM_DOCS to ${KINESIS_TOOLS_DIR}/helm-docs-${HELM_DOCS_VERSION}, which
 # writes charts/*/README.md from Chart.yaml, values.yaml's "# --" comments and README.md.gotmpl.
 ensure_helm_docs() {
-  local bin="$KINESIS_TOOLS_DIR/helm-docs-$HELM_DOCS_VERSION" work start
+  local bin="$KINESIS_TOOLS_DIR/helm-docs-$HELM_DOCS_VERSION" start
   if [ -x "$bin" ] && "$bin" --help >/dev/null 2>&1; then
     HELM_DOCS="$bin"
     return 0
@@ -77,14 +85,7 @@ ensure_helm_docs() {
   mkdir -p "$KINESIS_TOOLS_DIR" || return 1
   start=$(date +%s)
   _tools_say "building helm-docs $HELM_DOCS_VERSION from the Go module proxy (once; cached in $KINESIS_TOOLS_DIR)"
-  work="$(mktemp -d "$KINESIS_TOOLS_DIR/.helm-docs-build.XXXXXX")" || return 1
-  if ! GOBIN="$work" CGO_ENABLED=0 GOFLAGS="-p=${KEX_GO_PARALLELISM} -buildvcs=false" \
-       nice -n 19 go install -trimpath -ldflags "-s -w" "github.com/norwoodj/helm-docs/cmd/helm-docs@$HELM_DOCS_VERSION"; then
-    rm -rf "$work"
-    echo "error: building helm-docs $HELM_DOCS_VERSION failed" >&2
-    return 1
-  fi
-  mv -f "$work/helm-docs" "$bin" && rm -rf "$work" || return 1
+  _tools_go_install "$bin" "github.com/norwoodj/helm-docs/cmd/helm-docs@$HELM_DOCS_VERSION" "-s -w" || return 1
   _tools_say "built helm-docs $HELM_DOCS_VERSION in $(( $(date +%s) - start ))s: $bin"
   HELM_DOCS="$bin"
 }
