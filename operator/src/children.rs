@@ -100,6 +100,39 @@ fn kind_of<K: Resource<DynamicType = ()>>() -> String {
     K::kind(&()).to_string()
 }
 
+/// The error of a failed read of `kind name`.
+fn read_failed(kind: &str, name: &str) -> impl FnOnce(kube::Error) -> Error {
+    let name = format!("{kind} {name}");
+    move |source| Error::Apply {
+        kind: "get",
+        name,
+        source,
+    }
+}
+
+/// The Deployment `ns/name` as the API server has it now.
+async fn get_deployment(ctx: &Context, ns: &str, name: &str) -> Result<Option<Deployment>, Error> {
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    api.get_opt(name)
+        .await
+        .map_err(read_failed("Deployment", name))
+}
+
+/// Where `desired` is recorded in [`Applied`], and the digest of the object sent.
+fn record_key<K: Resource<DynamicType = ()> + Serialize>(desired: &K) -> (String, String) {
+    let meta = desired.meta();
+    let key = format!(
+        "{}/{}/{}",
+        kind_of::<K>(),
+        meta.namespace.as_deref().unwrap_or(""),
+        meta.name.as_deref().unwrap_or("")
+    );
+    let digest = hex::encode(Sha256::digest(
+        serde_json::to_vec(desired).unwrap_or_default(),
+    ));
+    (key, digest)
+}
+
 /// The metadata of `ns/name` of kind K: from the cache, else, when `wanted` (the spec asks
 /// for that child), from the API server: an object without the operator's label is not in the
 /// cache, and it is the one that must be seen before anything of that name is applied. A
@@ -127,11 +160,7 @@ where
     api.get_metadata_opt(name)
         .await
         .map(|found| found.map(|o| o.metadata))
-        .map_err(|source| Error::Apply {
-            kind: "get",
-            name: format!("{} {name}", kind_of::<K>()),
-            source,
-        })
+        .map_err(read_failed(&kind_of::<K>(), name))
 }
 
 pub async fn read(kex: &KinesisExporter, ctx: &Context, ns: &str) -> Result<Existing, Error> {
@@ -139,14 +168,7 @@ pub async fn read(kex: &KinesisExporter, ctx: &Context, ns: &str) -> Result<Exis
     let caches = &ctx.caches;
     let deployment = match caches.deployments.get(&ObjectRef::new(&name).within(ns)) {
         Some(cached) => Some((*cached).clone()),
-        None => {
-            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-            api.get_opt(&name).await.map_err(|source| Error::Apply {
-                kind: "get",
-                name: format!("Deployment {name}"),
-                source,
-            })?
-        }
+        None => get_deployment(ctx, ns, &name).await?,
     };
     let wants_account = resources::service_account(kex).is_some();
     let wants_budget = resources::pod_disruption_budget(kex).is_some();
@@ -206,11 +228,7 @@ where
 {
     let kind = kind_of::<K>();
     let name = desired.meta().name.clone().unwrap_or_default();
-    let ns = desired.meta().namespace.clone().unwrap_or_default();
-    let key = format!("{kind}/{ns}/{name}");
-    let digest = hex::encode(Sha256::digest(
-        serde_json::to_vec(desired).unwrap_or_default(),
-    ));
+    let (key, digest) = record_key(desired);
     let before = existing.map(resources::fingerprint);
     if let Some(before) = &before {
         match ctx.applied.compare(&key, &digest, before) {
@@ -288,11 +306,10 @@ async fn restore_service_ports(
     ctx: &Context,
 ) -> Result<(), Error> {
     let name = desired.name_any();
-    let existing = api.get_opt(&name).await.map_err(|source| Error::Apply {
-        kind: "get",
-        name: format!("Service {name}"),
-        source,
-    })?;
+    let existing = api
+        .get_opt(&name)
+        .await
+        .map_err(read_failed("Service", &name))?;
     let Some(existing) = existing else {
         return Ok(());
     };
@@ -362,14 +379,8 @@ pub async fn apply(
         Ensured::Applied(applied) => applied,
         // The cached Deployment predates the last apply: its status describes the previous
         // template, so read the current one.
-        Ensured::Unchanged { stale: true } => deployments
-            .get_opt(&desired.name_any())
-            .await
-            .map_err(|source| Error::Apply {
-                kind: "get",
-                name: format!("Deployment {}", desired.name_any()),
-                source,
-            })?
+        Ensured::Unchanged { stale: true } => get_deployment(ctx, ns, &desired.name_any())
+            .await?
             .unwrap_or(desired),
         Ensured::Unchanged { stale: false } => existing.deployment.unwrap_or(desired),
     };
@@ -377,10 +388,7 @@ pub async fn apply(
     let service = resources::service(kex);
     let service_before = existing.service.as_ref();
     // Someone changed the Service (its fingerprint moved): look at its ports before applying.
-    let key = format!("Service/{ns}/{}", kex.name_any());
-    let digest = hex::encode(Sha256::digest(
-        serde_json::to_vec(&service).unwrap_or_default(),
-    ));
+    let (key, digest) = record_key(&service);
     if let Some(before) = service_before
         && ctx
             .applied

@@ -10,7 +10,6 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder};
@@ -184,11 +183,10 @@ pub async fn reconcile(kex: Arc<KinesisExporter>, ctx: Arc<Context>) -> Result<A
     result
 }
 
-async fn reconcile_once(kex: Arc<KinesisExporter>, ctx: &Arc<Context>) -> Result<Action, Error> {
-    let ctx = ctx.clone();
+async fn reconcile_once(kex: Arc<KinesisExporter>, ctx: &Context) -> Result<Action, Error> {
     let ns = kex.namespace().ok_or(Error::NoNamespace)?;
     let key = format!("{ns}/{}", kex.name_any());
-    let (deployed, standing) = deploy(&kex, &ctx, &ns).await;
+    let (deployed, standing) = deploy(&kex, ctx, &ns).await;
     let (deployment, problem) = match &deployed {
         Ok(d) => (Some(d.clone()), None),
         // The counts still come from the Deployment as it stands, so that the scale
@@ -201,7 +199,7 @@ async fn reconcile_once(kex: Arc<KinesisExporter>, ctx: &Arc<Context>) -> Result
         problem.is_none() && deployment.as_ref().is_some_and(|d| not_available(d, &kex));
     // Pods get some seconds to start before they are looked at (a list per resource).
     let pods = if waiting_for_pods && not_ready_for(&kex) >= POD_GRACE {
-        pod_trouble(&kex, &ctx, &ns).await
+        pod_trouble(&kex, ctx, &ns).await
     } else {
         None
     };
@@ -227,7 +225,7 @@ async fn reconcile_once(kex: Arc<KinesisExporter>, ctx: &Arc<Context>) -> Result
         )
         .await
         .map_err(Error::Status)?;
-        publish_transitions(&kex, &new_status, &ctx).await;
+        publish_transitions(&kex, &new_status, ctx).await;
     }
     match deployed {
         Ok(_) => {
@@ -348,14 +346,17 @@ async fn publish_transitions(
     }
 }
 
+/// Counts one more for `key`; returns the new count.
+fn count_one(counts: &Mutex<HashMap<String, u32>>, key: &str) -> u32 {
+    let mut map = counts.lock().unwrap();
+    let n = map.entry(key.to_string()).or_insert(0);
+    *n += 1;
+    *n
+}
+
 pub fn error_policy(kex: Arc<KinesisExporter>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = format!("{}/{}", kex.namespace().unwrap_or_default(), kex.name_any());
-    let failures = {
-        let mut map = ctx.failures.lock().unwrap();
-        let n = map.entry(key.clone()).or_insert(0);
-        *n += 1;
-        *n
-    };
+    let failures = count_one(&ctx.failures, &key);
     let delay = Duration::from_secs((1u64 << failures.min(8)).min(300));
     ctx.metrics.reconciled("error");
     ctx.metrics.failed(error.kind());
@@ -437,36 +438,14 @@ pub async fn run(
     let controller = Controller::for_stream(resources, store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
         .trigger_backoff(NoExtraBackoff)
+        .watches_stream(child_watch(owned.deployments, deployments_writer), owner)
+        .watches_stream(child_watch(owned.config_maps, config_maps_writer), owner)
+        .watches_stream(child_watch(owned.services, services_writer), owner)
         .watches_stream(
-            child_events(owned.deployments)
-                .reflect(deployments_writer)
-                .touched_objects(),
-            |d: Deployment| owner_of(&d.metadata),
+            child_watch(owned.service_accounts, service_accounts_writer),
+            owner,
         )
-        .watches_stream(
-            child_events(owned.config_maps)
-                .reflect(config_maps_writer)
-                .touched_objects(),
-            |m: PartialObjectMeta<ConfigMap>| owner_of(&m.metadata),
-        )
-        .watches_stream(
-            child_events(owned.services)
-                .reflect(services_writer)
-                .touched_objects(),
-            |m: PartialObjectMeta<Service>| owner_of(&m.metadata),
-        )
-        .watches_stream(
-            child_events(owned.service_accounts)
-                .reflect(service_accounts_writer)
-                .touched_objects(),
-            |m: PartialObjectMeta<ServiceAccount>| owner_of(&m.metadata),
-        )
-        .watches_stream(
-            child_events(owned.budgets)
-                .reflect(budgets_writer)
-                .touched_objects(),
-            |m: PartialObjectMeta<PodDisruptionBudget>| owner_of(&m.metadata),
-        )
+        .watches_stream(child_watch(owned.budgets, budgets_writer), owner)
         .reconcile_on(retry_rx)
         .shutdown_on_signal();
 
@@ -509,12 +488,7 @@ pub async fn run(
                     // rather than drop it (kube-runtime would).
                     Err(ControllerError::ObjectNotFound(object)) => {
                         let key = object.to_string();
-                        let attempt = {
-                            let mut map = attempts.lock().unwrap();
-                            let n = map.entry(key.clone()).or_insert(0);
-                            *n += 1;
-                            *n
-                        };
+                        let attempt = count_one(&attempts, &key);
                         if attempt > NOT_IN_CACHE_ATTEMPTS {
                             attempts.lock().unwrap().remove(&key);
                             tracing::warn!(resource = %key, "not in the cache after {NOT_IN_CACHE_ATTEMPTS} attempts; gone");
@@ -539,22 +513,29 @@ pub async fn run(
         .await;
 }
 
-/// The watch of one kind of child, selected by the operator's label, with its own backoff
-/// (client-go's schedule, capped at 30 s), so one failing stream never holds back the others.
-fn child_events<K>(
+/// The watch of one kind of child, selected by the operator's label, filling that kind's
+/// cache, with its own backoff (client-go's schedule, capped at 30 s), so one failing stream
+/// never holds back the others.
+fn child_watch<K>(
     api: Api<K>,
-) -> impl futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send
+    cache: kube::runtime::reflector::store::Writer<K>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send
 where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
     use kube::runtime::WatchStreamExt;
-    watcher(api, watcher::Config::default().labels(MANAGED_BY_SELECTOR)).default_backoff()
+    watcher(api, watcher::Config::default().labels(MANAGED_BY_SELECTOR))
+        .default_backoff()
+        .reflect(cache)
+        .touched_objects()
 }
 
 /// The resource a child belongs to: its KinesisExporter owner reference, else its instance
 /// label (so a child whose owner reference was removed still brings its resource to put it
 /// back).
-fn owner_of(meta: &ObjectMeta) -> Option<kube::runtime::reflector::ObjectRef<KinesisExporter>> {
+fn owner<K: Resource>(child: K) -> Option<kube::runtime::reflector::ObjectRef<KinesisExporter>> {
+    let meta = child.meta();
     let ns = meta.namespace.clone()?;
     let name = meta
         .owner_references
