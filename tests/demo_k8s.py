@@ -53,6 +53,7 @@ from conftest import (  # noqa: E402 - needs the sys.path entry above
     sts_calls,
 )
 from k8s.k8s_helpers import (  # noqa: E402
+    CONTROLPLANE_SH,
     OPERATOR_NAMESPACE,
     RELEASE,
     Cluster,
@@ -65,7 +66,6 @@ from k8s.realnode import platform  # noqa: E402
 from otlp_helpers import decode_user_record, send_traces, spans_of  # noqa: E402
 
 K8S_DIR = TESTS_DIR / "k8s"
-CONTROLPLANE = K8S_DIR / "controlplane.sh"
 SAMPLE = REPO_DIR / "operator" / "examples" / "kinesisexporter.yaml"
 
 NAMESPACE = "team-a"
@@ -116,7 +116,7 @@ def main() -> int:
             step("stopping the node (node.sh down: processes, mounts, rules, bridge, sysctls) "
                  "and the control plane")
             platform.node_sh("down", timeout=300)
-            subprocess.run([str(CONTROLPLANE), "down", str(state)], capture_output=True, text=True, timeout=120)
+            subprocess.run([str(CONTROLPLANE_SH), "down", str(state)], capture_output=True, text=True, timeout=120)
         stack.callback(down)
         # Cleanup must finish: ignore a second Ctrl-C / SIGTERM while it runs.
         stack.callback(lambda: (signal.signal(signal.SIGINT, signal.SIG_IGN),
@@ -135,7 +135,7 @@ def main() -> int:
 def run(stack: contextlib.ExitStack, workdir: Path, state: Path) -> bool:
     # ---- 1. the control plane, the real node, the images, the AWS stand-ins
     step(f"starting the local Kubernetes control plane (controlplane.sh up {state})")
-    run_streaming([str(CONTROLPLANE), "up", str(state)], "controlplane.sh up")
+    run_streaming([str(CONTROLPLANE_SH), "up", str(state)], "controlplane.sh up")
     cluster = Cluster.from_state(state)
     step("joining a real node: kubelet + containerd + runc + CNI bridge + kube-proxy (node.sh up)")
     node = platform.node_up(cluster)

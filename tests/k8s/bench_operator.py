@@ -39,19 +39,23 @@ sys.path.insert(0, str(TESTS_DIR))
 from conftest import cargo_target_dir  # noqa: E402
 from k8s.k8s_helpers import (  # noqa: E402
     CHART_DIR,
+    CONTROLPLANE_SH,
     OPERATOR_NAMESPACE,
+    WRITE_VERBS,
     RELEASE,
     Cluster,
     helm,
     is_ready,
     kex_manifest,
 )
-from k8s.operator_fixtures import OperatorProcess, token_kubeconfig  # noqa: E402
+from k8s.operator_fixtures import (  # noqa: E402
+    OperatorProcess,
+    chart_operator_args,
+    ensure_helm,
+    token_kubeconfig,
+)
 
-K8S_DIR = Path(__file__).resolve().parent
-CONTROLPLANE = K8S_DIR / "controlplane.sh"
 CONTROLLER_QPS = 500
-WRITES = {"create", "update", "patch", "delete"}
 GOALS = {
     "last Deployment after the last create": 30.0,
     "Ready after its Deployment is available, p99": 2.0,
@@ -113,7 +117,7 @@ def summarise(events: list[dict]) -> dict:
         codes[e.get("responseStatus", {}).get("code", 0)] += 1
     return {"total": len(events), "by": by, "429": codes[429],
             "5xx": sum(n for c, n in codes.items() if c >= 500),
-            "writes": sum(n for (verb, _), n in by.items() if verb in WRITES)}
+            "writes": sum(n for (verb, _), n in by.items() if verb in WRITE_VERBS)}
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -167,7 +171,7 @@ def apply_all(cluster: Cluster, manifests: list[dict], threads: int = 4) -> None
         raise RuntimeError(f"{len(errors)} kubectl apply calls failed:\n{errors[0]}")
 
 
-def ready_after_available(cluster: Cluster, generation: int) -> list[float]:
+def ready_after_available(cluster: Cluster) -> list[float]:
     """Per resource: its Ready transition minus its Deployment's Available transition (1 s
     resolution, the API's)."""
     deployments = {(d["metadata"]["namespace"], d["metadata"]["name"]): d
@@ -221,22 +225,20 @@ def main() -> int:
                KEX_K8S_NODE_PODS=str(args.resources * 2))
     step(f"starting the control plane (controller-manager and scheduler --kube-api-qps {CONTROLLER_QPS}, "
          f"2 fake nodes of {args.resources * 2} pods)")
-    up = subprocess.run([str(CONTROLPLANE), "up", str(state)], env=env)
+    up = subprocess.run([str(CONTROLPLANE_SH), "up", str(state)], env=env)
     operator = None
     try:
         if up.returncode != 0:
             return 1
         cluster = Cluster.from_state(state)
-        helm_bin = subprocess.run(["bash", str(K8S_DIR / "tools.sh"), "ensure_helm"], capture_output=True,
-                                  text=True, check=True).stdout.strip().splitlines()[-1]
+        helm_bin = ensure_helm()
         step("helm install the chart (its RBAC, admission policies, controller.concurrency and apiQps)")
         helm(helm_bin, cluster, "install", RELEASE, str(CHART_DIR), "--namespace", OPERATOR_NAMESPACE,
              "--create-namespace", "--set", "replicaCount=1", *(a for kv in args.set for a in ("--set", kv)),
              "--wait", "--timeout", "3m")
         manifest = [d for d in yaml.safe_load_all(
             helm(helm_bin, cluster, "get", "manifest", RELEASE, "-n", OPERATOR_NAMESPACE).stdout) if d]
-        deployment = next(d for d in manifest if d["kind"] == "Deployment")
-        chart_args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        chart_args = chart_operator_args(manifest)
         account = next(d for d in manifest if d["kind"] == "ServiceAccount")["metadata"]["name"]
         token = cluster.kubectl("-n", OPERATOR_NAMESPACE, "create", "token", account, "--duration", "3h").stdout.strip()
         kubeconfig = token_kubeconfig(workdir / "operator.kubeconfig", cluster, token, account)
@@ -275,14 +277,14 @@ def main() -> int:
         events = audit.read()
         deployments = cluster.get_json("deployments", "-A", "-l", "app.kubernetes.io/managed-by=kinesis-operator")
         last_deploy = max(parse_time(d["metadata"]["creationTimestamp"]) for d in deployments["items"])
-        lag = ready_after_available(cluster, 1)
+        lag = ready_after_available(cluster)
         results += phase_table("create", took, events, cpu_create, args.resources)
         results.append(f"  last Deployment applied {last_deploy - last_create_wall:+.1f}s after the last create "
                        f"(goal <= {GOALS['last Deployment after the last create']:.0f}s; 1 s resolution)")
         results.append(f"  Ready after its Deployment became available: p50 {percentile(lag, 50):.0f}s, "
                        f"p99 {percentile(lag, 99):.0f}s, max {max(lag, default=float('nan')):.0f}s "
                        f"(goal p99 <= {GOALS['Ready after its Deployment is available, p99']:.0f}s)")
-        marks = [t for t in (10, 20, 30, 45, 60, 90, 120, 180, 240, 300)]
+        marks = (10, 20, 30, 45, 60, 90, 120, 180, 240, 300)
         results.append("  Ready curve: " + ", ".join(
             f"{t}s {max((n for s, n in curve if s <= t), default=0)}" for t in marks if curve and t <= curve[-1][0] + 10))
 
@@ -309,7 +311,7 @@ def main() -> int:
         curve = []
         took = wait_all_ready(cluster, args.resources, 2, started, args.timeout, curve)
         results += phase_table("update", took, audit.read(), cpu_seconds(pid) - cpu1, args.resources)
-        lag = ready_after_available(cluster, 2)
+        lag = ready_after_available(cluster)
         results.append(f"  Ready after its Deployment became available: p50 {percentile(lag, 50):.0f}s, "
                        f"p99 {percentile(lag, 99):.0f}s")
         results.append(f"operator: peak RSS {peak_rss_mib(pid):.0f} MiB, CPU {cpu_seconds(pid):.1f}s in all; "
@@ -323,7 +325,7 @@ def main() -> int:
         if operator is not None:
             operator.stop(check=False)
         step("stopping the control plane")
-        subprocess.run([str(CONTROLPLANE), "down", str(state)], capture_output=True, text=True)
+        subprocess.run([str(CONTROLPLANE_SH), "down", str(state)], capture_output=True, text=True)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Iterator
 
 import pytest
 
-from .k8s_helpers import Cluster
+from .k8s_helpers import CONTROLPLANE_SH, Cluster
 
 # The operator suites' fixtures, registered here once so that session-scoped ones (the chart
 # release, the operator process) are shared by every test module rather than set up per module.
@@ -38,7 +38,6 @@ from .operator_fixtures import (  # noqa: F401  (fixtures are used by name)
 )
 
 K8S_DIR = Path(__file__).resolve().parent
-CONTROLPLANE = K8S_DIR / "controlplane.sh"
 
 
 REAL_NODE_DIR = K8S_DIR / "realnode"
@@ -79,8 +78,8 @@ def k8s_cluster(request: pytest.FixtureRequest,
     state = tmp_path_factory.mktemp("k8s-controlplane")
     # Registered before `up`, so a half-started control plane is stopped too.
     request.addfinalizer(lambda: subprocess.run(
-        [str(CONTROLPLANE), "down", str(state)], capture_output=True, text=True))
-    up = _run_streaming(request, [str(CONTROLPLANE), "up", str(state)])
+        [str(CONTROLPLANE_SH), "down", str(state)], capture_output=True, text=True))
+    up = _run_streaming(request, [str(CONTROLPLANE_SH), "up", str(state)])
     if up.returncode != 0:
         logs = "\n".join(
             f"--- {p.name} (last 20 lines)\n" + "\n".join(p.read_text(errors="replace").splitlines()[-20:])

@@ -18,6 +18,7 @@ from conftest import wait_for
 
 
 REPO_DIR = Path(__file__).resolve().parents[2]
+CONTROLPLANE_SH = Path(__file__).resolve().parent / "controlplane.sh"
 CHART_DIR = REPO_DIR / "charts" / "kinesis-operator"
 RELEASE = "kex"
 OPERATOR_NAMESPACE = "kex-system"
@@ -27,6 +28,8 @@ RESTRICTED_LABELS = {
 }
 GROUP_VERSION = "kinesis.otlp.dev/v1alpha1"
 FIELD_MANAGER = "kex-e2e"
+# The verbs that change something, as the API server's audit log names them.
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete"})
 
 
 def role_for(ns: str) -> str:

@@ -22,7 +22,6 @@ import base64
 import json
 import os
 import re
-import signal
 import subprocess
 import time
 import urllib.error
@@ -36,7 +35,7 @@ import yaml
 # Re-exported fixtures of the main suite (see the module docstring).
 from conftest import ChildProcess, built_binary, child_env, exporter_bin, kinesalite, moto  # noqa: F401
 
-from .k8s_helpers import CHART_DIR, OPERATOR_NAMESPACE, RELEASE, REPO_DIR, Cluster, helm, poll
+from .k8s_helpers import CHART_DIR, OPERATOR_NAMESPACE, RELEASE, Cluster, helm, poll
 from .k8s_helpers import make_namespace as create_namespace
 
 K8S_DIR = Path(__file__).resolve().parent
@@ -49,10 +48,18 @@ EXPORTER_IMAGE = "kinesis-exporter:test"
 @pytest.fixture(scope="session")
 def helm_bin() -> str:
     """The cached helm binary (tests/k8s/tools.sh builds it once)."""
+    try:
+        return ensure_helm()
+    except RuntimeError as err:
+        pytest.fail(str(err), pytrace=False)
+
+
+def ensure_helm() -> str:
+    """The path of the cached helm binary, built by tests/k8s/tools.sh on first use."""
     proc = subprocess.run(["bash", str(K8S_DIR / "tools.sh"), "ensure_helm"],
                           capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0 or not proc.stdout.strip():
-        pytest.fail(f"tools.sh ensure_helm failed ({proc.returncode}):\n{proc.stderr}", pytrace=False)
+        raise RuntimeError(f"tools.sh ensure_helm failed ({proc.returncode}):\n{proc.stderr}")
     return proc.stdout.strip().splitlines()[-1]
 
 
@@ -65,9 +72,13 @@ class ChartRelease(NamedTuple):
     install_seconds: float
 
     def operator_args(self) -> list[str]:
-        """The arguments the chart gives its operator container."""
-        (deployment,) = [d for d in self.manifest if d["kind"] == "Deployment"]
-        return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        return chart_operator_args(self.manifest)
+
+
+def chart_operator_args(manifest: list[dict]) -> list[str]:
+    """The arguments the chart (as rendered in ``manifest``) gives its operator container."""
+    (deployment,) = [d for d in manifest if d["kind"] == "Deployment"]
+    return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 @pytest.fixture(scope="session")

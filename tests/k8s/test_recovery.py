@@ -10,12 +10,10 @@ import json
 import subprocess
 import threading
 import time
-from pathlib import Path
 
-from .k8s_helpers import Cluster, is_ready, kex_manifest, poll
+from .k8s_helpers import CONTROLPLANE_SH, Cluster, is_ready, kex_manifest, poll
 from .operator_fixtures import RunningOperator
 
-CONTROLPLANE_SH = Path(__file__).resolve().parent / "controlplane.sh"
 RESOURCES = 16
 RESTART_BUDGET_SECONDS = 30
 

@@ -43,15 +43,13 @@ CHILD_RESOURCES = ["serviceaccount", "configmap", "deployment", "service", "podd
 
 
 class User:
-    """kubectl as one user (a token kubeconfig)."""
+    """kubectl as one user (a token kubeconfig); failures are returned, not raised."""
 
     def __init__(self, cluster: Cluster, kubeconfig: Path):
-        self.cluster = cluster
-        self.kubeconfig = kubeconfig
+        self.as_user = cluster._replace(kubeconfig=kubeconfig)
 
     def kubectl(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([self.cluster.kubectl_bin, "--kubeconfig", str(self.kubeconfig), *args],
-                              input=input, capture_output=True, text=True, timeout=60)
+        return self.as_user.kubectl(*args, input=input, check=False)
 
     def can_i(self, verb: str, resource: str, ns: str = NS) -> str:
         return self.kubectl("auth", "can-i", verb, resource, "-n", ns).stdout.strip()

@@ -24,6 +24,7 @@ from conftest import create_stream, start_recording, stop_recording, sts_calls
 from otlp_helpers import read_signal, send_traces, spans_of
 
 from ..k8s_helpers import (
+    WRITE_VERBS,
     Cluster,
     apply,
     get_kex,
@@ -132,7 +133,7 @@ def writes_by(cluster: Cluster, pod: str, since: datetime) -> list[dict]:
     for line in (cluster.dir / "logs" / "audit.log").read_text().splitlines():
         event = json.loads(line)
         pods_ = event.get("user", {}).get("extra", {}).get("authentication.kubernetes.io/pod-name", [])
-        if pod in pods_ and event["verb"] in ("create", "update", "patch", "delete") \
+        if pod in pods_ and event["verb"] in WRITE_VERBS \
                 and datetime.fromisoformat(event["requestReceivedTimestamp"].replace("Z", "+00:00")) >= since:
             out.append(event)
     return out
