@@ -141,6 +141,8 @@ test-rust: ## cargo test (workspace, --locked)
 	@$(CARGO) test --workspace --locked
 
 test-e2e: deps build ## End-to-end tests against real peers (tests/run.sh)
+	$(call say,prometheus for the chart's alerts and dashboard (tests/k8s/tools.sh ensure_prometheus))
+	@bash tests/k8s/tools.sh ensure_prometheus >/dev/null
 	$(call say,end-to-end tests (bash tests/run.sh))
 	@bash tests/run.sh
 

@@ -227,13 +227,25 @@ def moto_server_path() -> Path:
     return path
 
 
-def start_moto_server(workdir: Path, host: str = "127.0.0.1") -> tuple[ChildProcess, str]:
+# The calls moto_iam_admin makes before IAM is enforced.
+MOTO_SETUP_CALLS = 3
+
+
+def start_moto_server(workdir: Path, host: str = "127.0.0.1",
+                      enforce_iam: bool = False) -> tuple[ChildProcess, str]:
     """Starts moto_server on ``host``, on a port the OS picks (werkzeug logs the one it bound),
     with its call recorder writing into ``workdir``; returns the peer (stop it with
-    ``stop(check=False)``) and its endpoint URL once it answers."""
+    ``stop(check=False)``) and its endpoint URL once it answers.
+
+    With ``enforce_iam``, moto authenticates every call and evaluates IAM policies, as AWS
+    does (peers/moto_iam.py), after the first MOTO_SETUP_CALLS: make them with
+    ``moto_iam_admin`` and use the admin credentials it returns for the rest of the setup."""
     env = child_env(workdir, MOTO_RECORDER_FILEPATH=str(workdir / "recording.jsonl"))
-    peer = ChildProcess("moto_server", workdir / "moto.log").spawn(
-        [str(moto_server_path()), "-H", host, "-p", "0"], env=env, cwd=workdir)
+    command = [str(moto_server_path()), "-H", host, "-p", "0"]
+    if enforce_iam:
+        env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(MOTO_SETUP_CALLS)
+        command = [sys.executable, str(PEERS_DIR / "moto_iam.py"), "-H", host, "-p", "0"]
+    peer = ChildProcess("moto_server", workdir / "moto.log").spawn(command, env=env, cwd=workdir)
     bound = re.compile(r"Running on http://" + re.escape(host) + r":(\d+)")
 
     def logged_port() -> int | None:
@@ -262,6 +274,20 @@ def moto(tmp_path_factory) -> Iterator[str]:
         yield endpoint
     finally:
         peer.stop(check=False)
+
+
+def moto_iam_admin(endpoint: str, region: str = "us-east-1") -> dict:
+    """On a moto started with ``enforce_iam``: an IAM user allowed everything, made with the
+    unauthenticated setup calls; returns boto3 client arguments that act as that user."""
+    anonymous = dict(endpoint_url=endpoint, region_name=region,
+                     aws_access_key_id="AKIAIOSFODNN7EXAMPLE", aws_secret_access_key="setup")
+    iam = boto3.client("iam", **anonymous)
+    iam.create_user(UserName="admin")
+    iam.put_user_policy(UserName="admin", PolicyName="everything", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}))
+    key = iam.create_access_key(UserName="admin")["AccessKey"]
+    return dict(endpoint_url=endpoint, region_name=region,
+                aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"])
 
 
 # --------------------------------------------------------------------------- moto API

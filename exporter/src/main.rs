@@ -220,7 +220,7 @@ async fn put_from_stdin(
         "user_records_delivered": metrics.user_records_delivered.get(),
         "kinesis_records": metrics.kinesis_records_delivered.get(),
         "aggregated_records": metrics.aggregated_records_delivered.get(),
-        "put_records_calls": metrics.calls("ok") + metrics.calls("partial") + metrics.calls("error"),
+        "put_records_calls": kpl::metrics::PUT_RESULTS.iter().map(|r| metrics.calls(r)).sum::<u64>(),
         "dropped": dropped,
     });
     println!("{summary}");

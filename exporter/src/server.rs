@@ -129,9 +129,15 @@ pub async fn serve(
     let readiness = telemetry::Readiness::default();
     let mut producers = Vec::new();
     let mut handles = HashMap::new();
+    let mut statuses = Vec::new();
     for (id, exporter) in &config.exporters {
         let metrics = Arc::new(ProducerMetrics::default());
         metrics.register(registry.sub_registry_with_label(("exporter".into(), id.clone().into())));
+        statuses.push(telemetry::ExporterStatus {
+            exporter: id.clone(),
+            stream: exporter.aws.stream_name.clone(),
+            metrics: metrics.clone(),
+        });
         let client = clients
             .get(id)
             .with_context(|| format!("no Kinesis client for exporter {id}"))?
@@ -172,7 +178,7 @@ pub async fn serve(
     ));
     let telemetry_server = tokio::spawn(serve_router(
         listeners.telemetry,
-        telemetry::router(Arc::new(registry), readiness.clone()),
+        telemetry::router(Arc::new(registry), readiness.clone(), statuses),
         telemetry_stopped,
         ConnectionLimits::telemetry(),
     ));

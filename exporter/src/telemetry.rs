@@ -6,6 +6,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::ValueEnum;
 use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::kpl::ProducerMetrics;
+use crate::kpl::health::HealthReport;
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written.
@@ -90,11 +94,72 @@ pub fn metrics_response(registry: &Registry) -> axum::response::Response {
     }
 }
 
-/// /metrics (OpenMetrics text), /healthz (the process answers) and /readyz.
-pub fn router(registry: Arc<Registry>, readiness: Readiness) -> axum::Router {
+/// One producer as `/status` shows it.
+#[derive(Clone)]
+pub struct ExporterStatus {
+    pub exporter: String,
+    pub stream: String,
+    pub metrics: Arc<ProducerMetrics>,
+}
+
+/// `/status`: per exporter, what it received, delivered, dropped (by reason) and how Kinesis
+/// answered lately, in JSON. The operator reads it into its resource's status.
+#[derive(Serialize)]
+struct StatusView {
+    exporters: Vec<ExporterView>,
+}
+
+#[derive(Serialize)]
+struct ExporterView {
+    exporter: String,
+    stream: String,
+    records_received: u64,
+    records_delivered: u64,
+    records_dropped: std::collections::BTreeMap<&'static str, u64>,
+    records_throttled: u64,
+    backlog_records: i64,
+    backlog_capacity_records: i64,
+    #[serde(flatten)]
+    health: HealthReport,
+}
+
+fn status_view(exporters: &[ExporterStatus]) -> StatusView {
+    let now = std::time::Instant::now();
+    StatusView {
+        exporters: exporters
+            .iter()
+            .map(|e| ExporterView {
+                exporter: e.exporter.clone(),
+                stream: e.stream.clone(),
+                records_received: e.metrics.user_records_received.get(),
+                records_delivered: e.metrics.user_records_delivered.get(),
+                records_dropped: e.metrics.dropped_by_reason().into_iter().collect(),
+                records_throttled: e.metrics.records_throttled.get(),
+                backlog_records: e.metrics.backlog.get(),
+                backlog_capacity_records: e.metrics.backlog_capacity.get(),
+                health: e.metrics.health.report(now),
+            })
+            .collect(),
+    }
+}
+
+/// /metrics (OpenMetrics text), /status (JSON), /healthz (the process answers) and /readyz.
+pub fn router(
+    registry: Arc<Registry>,
+    readiness: Readiness,
+    exporters: Vec<ExporterStatus>,
+) -> axum::Router {
     use axum::http::StatusCode;
     use axum::routing::get;
+    let exporters = Arc::new(exporters);
     axum::Router::new()
+        .route(
+            "/status",
+            get(move || {
+                let exporters = exporters.clone();
+                async move { axum::Json(status_view(&exporters)) }
+            }),
+        )
         .route(
             "/metrics",
             get(move || {

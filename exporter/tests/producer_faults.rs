@@ -122,6 +122,18 @@ async fn only_failed_entries_are_resent() {
     );
     assert_eq!(metrics.retried(THROTTLED), 10);
     assert_eq!(metrics.retried("InternalFailure"), 10);
+    assert_eq!(
+        metrics.records_throttled.get(),
+        10,
+        "throttled entries, not 5xx"
+    );
+    let health = metrics.health.report(std::time::Instant::now());
+    assert!(health.last_throttle_age_seconds.is_some());
+    assert!(health.last_delivery_age_seconds.is_some());
+    assert_eq!(
+        health.last_error, None,
+        "entry failures are not call failures"
+    );
     assert_eq!(metrics.user_records_delivered.get(), 30);
     assert_eq!(metrics.dropped_total(), 0);
     assert_eq!((metrics.calls("partial"), metrics.calls("ok")), (1, 1));
@@ -236,6 +248,12 @@ async fn permanent_errors_are_not_retried() {
         assert_eq!(standin.calls().len(), 1, "{code} must not be retried");
         assert_eq!(metrics.dropped("permanent_error"), 6, "{code}");
         assert_eq!(metrics.unsettled(), 0);
+        // What /status reports, and so what the operator shows the team.
+        let health = metrics.health.report(std::time::Instant::now());
+        let error = health.last_error.expect("the failure is reported");
+        assert_eq!((error.code.as_str(), error.retryable), (code, false));
+        assert_eq!(health.last_drop.unwrap().reason, "permanent_error");
+        assert_eq!(health.last_delivery_age_seconds, None);
     }
 }
 
@@ -345,8 +363,10 @@ async fn shutdown_flushes_every_buffered_record() {
     assert_eq!(got, want);
     assert!(standin.stored().len() < 100, "records were aggregated");
     assert_eq!(metrics.user_records_delivered.get(), 100);
-    let ratio = 100.0 / standin.stored().len() as f64;
-    assert_eq!(metrics.aggregation_ratio.get(), ratio);
+    assert_eq!(
+        metrics.kinesis_records_delivered.get(),
+        standin.stored().len() as u64
+    );
 }
 
 #[tokio::test]

@@ -22,7 +22,8 @@ use crate::reconcile::{Context, Error};
 use crate::resources::{self, FIELD_MANAGER};
 
 /// The watch caches of the children (only objects carrying the operator's label): the
-/// Deployments whole, for their status; the other kinds by metadata only.
+/// Deployments whole, for their status; the other kinds by metadata only. Beside them, the
+/// latest delivery reports of the exporter pods, which the probe keeps.
 #[derive(Clone)]
 pub struct Caches {
     pub deployments: Store<Deployment>,
@@ -30,6 +31,7 @@ pub struct Caches {
     pub services: Store<PartialObjectMeta<Service>>,
     pub service_accounts: Store<PartialObjectMeta<ServiceAccount>>,
     pub budgets: Store<PartialObjectMeta<PodDisruptionBudget>>,
+    pub delivery: std::sync::Arc<crate::probe::Reports>,
 }
 
 /// What the operator last applied to each child, by "Kind/namespace/name": a digest of the

@@ -3,12 +3,15 @@
 //!
 //! [`crd`] is the resource; [`resources`] turns a spec into Kubernetes objects (pure);
 //! [`tenancy`] is the platform's policy on what a resource may ask for; [`reconcile`] applies
-//! the objects and reports status.
+//! the objects and reports status; [`probe`] reads the exporter pods' own account of their
+//! delivery and [`delivery`] judges it (pure).
 
 pub mod children;
 pub mod crd;
+pub mod delivery;
 pub mod leader;
 pub mod metrics;
+pub mod probe;
 pub mod reconcile;
 pub mod resources;
 pub mod status;

@@ -7,6 +7,7 @@ use clap::{Parser, ValueEnum};
 use kinesis_operator::crd::KinesisExporter;
 use kinesis_operator::leader::{Elector, Leadership, Timing};
 use kinesis_operator::metrics::{OperatorMetrics, Readiness};
+use kinesis_operator::probe::ProbeSettings;
 use kinesis_operator::reconcile::{self, Context, OwnedApis, RunSettings};
 use kinesis_operator::resources::Defaults;
 use kinesis_operator::tenancy::{self, Tenancy};
@@ -55,6 +56,10 @@ struct Cli {
     /// so that a burst of resources never floods it).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..))]
     api_qps: u64,
+    /// Seconds between two reads of every exporter pod's /status, which feed the Delivering
+    /// condition and status.delivery; 0 turns the probe off (the condition stays Unknown).
+    #[arg(long, default_value_t = 30)]
+    delivery_probe_interval: u64,
     #[command(flatten)]
     tenancy: TenancyArgs,
 }
@@ -231,6 +236,10 @@ async fn main() -> anyhow::Result<()> {
     );
     let settings = RunSettings {
         concurrency: cli.concurrency,
+        probe: ProbeSettings {
+            interval: std::time::Duration::from_secs(cli.delivery_probe_interval),
+            ..ProbeSettings::default()
+        },
     };
     if namespaces.is_empty() {
         reconcile::run(

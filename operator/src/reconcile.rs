@@ -78,7 +78,7 @@ pub struct Context {
     pub leadership: crate::leader::Leadership,
     pub recorder: Recorder,
     pub metrics: crate::metrics::OperatorMetrics,
-    /// The children's watch caches.
+    /// The children's watch caches and the pods' delivery reports.
     pub caches: children::Caches,
     /// Consecutive failures per resource, for the retry backoff.
     failures: Mutex<HashMap<String, u32>>,
@@ -208,6 +208,7 @@ async fn reconcile_once(kex: Arc<KinesisExporter>, ctx: &Context) -> Result<Acti
         deployment.as_ref(),
         problem.as_ref(),
         pods.as_ref(),
+        &ctx.caches.delivery.get(&kex),
         k8s_openapi::jiff::Timestamp::now(),
     );
     if kex.status.as_ref() != Some(&new_status) {
@@ -339,6 +340,29 @@ async fn publish_transitions(
             secondary: None,
         });
     }
+    // Data stopped reaching the stream, or reaches it again.
+    let delivering = new
+        .conditions
+        .iter()
+        .find(|c| c.type_ == status::DELIVERING);
+    if changed(status::DELIVERING)
+        && let Some(c) = delivering
+    {
+        let was_false = status::condition_status(old, status::DELIVERING) == Some("False");
+        if c.status == "False" || (c.status == "True" && was_false) {
+            events.push(Event {
+                type_: if c.status == "False" {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: c.reason.clone(),
+                note: Some(c.message.clone()),
+                action: "Probe".into(),
+                secondary: None,
+            });
+        }
+    }
     for event in events {
         if let Err(e) = ctx.recorder.publish(&event, &kex.object_ref(&())).await {
             tracing::warn!(error = %e, "cannot publish an event");
@@ -380,6 +404,8 @@ const NOT_IN_CACHE_ATTEMPTS: u32 = 120;
 pub struct RunSettings {
     /// Reconciles running at once, across all resources.
     pub concurrency: u16,
+    /// How the exporter pods' delivery is read.
+    pub probe: crate::probe::ProbeSettings,
 }
 
 /// Runs the controller over `api` until the stream ends (shutdown). `make_context` gets the
@@ -407,6 +433,7 @@ pub async fn run(
         services,
         service_accounts,
         budgets,
+        delivery: Arc::default(),
     };
     let ctx = make_context(caches.clone());
 
@@ -435,6 +462,8 @@ pub async fn run(
     })
     .flatten();
     let (retry_tx, retry_rx) = futures::channel::mpsc::unbounded::<ObjectRef<KinesisExporter>>();
+    let (delivery_tx, delivery_rx) =
+        futures::channel::mpsc::unbounded::<ObjectRef<KinesisExporter>>();
     let controller = Controller::for_stream(resources, store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
         .trigger_backoff(NoExtraBackoff)
@@ -446,8 +475,21 @@ pub async fn run(
             owner,
         )
         .watches_stream(child_watch(owned.budgets, budgets_writer), owner)
-        .reconcile_on(retry_rx)
+        .reconcile_on(futures::stream::select(retry_rx, delivery_rx))
         .shutdown_on_signal();
+
+    if !settings.probe.interval.is_zero() {
+        let (pods, pods_writer) = reflector::store();
+        tokio::spawn(pod_watch(owned.pods, pods_writer).for_each(|_| async {}));
+        tokio::spawn(crate::probe::run(
+            settings.probe,
+            store.clone(),
+            pods,
+            caches.delivery.clone(),
+            ctx.leadership.clone(),
+            delivery_tx,
+        ));
+    }
 
     readiness.begin_sync();
     tokio::spawn({
@@ -531,6 +573,28 @@ where
         .touched_objects()
 }
 
+/// The exporter pods, for their addresses and readiness only (the probe reads them): selected
+/// by the operator's label, without managed fields or spec to keep the cache small. Watch
+/// errors back off like the children's and are logged.
+fn pod_watch(
+    api: Api<Pod>,
+    cache: kube::runtime::reflector::store::Writer<Pod>,
+) -> impl futures::Stream<Item = ()> + Send {
+    use kube::runtime::WatchStreamExt;
+    watcher(api, watcher::Config::default().labels(MANAGED_BY_SELECTOR))
+        .default_backoff()
+        .modify(|pod: &mut Pod| {
+            pod.managed_fields_mut().clear();
+            pod.spec = None;
+        })
+        .reflect(cache)
+        .map(|event| {
+            if let Err(error) = event {
+                tracing::warn!(%error, "watch error (exporter pods)");
+            }
+        })
+}
+
 /// The resource a child belongs to: its KinesisExporter owner reference, else its instance
 /// label (so a child whose owner reference was removed still brings its resource to put it
 /// back).
@@ -574,6 +638,8 @@ pub struct OwnedApis {
     pub services: Api<PartialObjectMeta<Service>>,
     pub service_accounts: Api<PartialObjectMeta<ServiceAccount>>,
     pub budgets: Api<PartialObjectMeta<PodDisruptionBudget>>,
+    /// The exporter pods (not owned directly, but labelled): for the delivery probe.
+    pub pods: Api<Pod>,
 }
 
 impl OwnedApis {
@@ -594,6 +660,7 @@ impl OwnedApis {
             services: api(client, namespace),
             service_accounts: api(client, namespace),
             budgets: api(client, namespace),
+            pods: api(client, namespace),
         }
     }
 }

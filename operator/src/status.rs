@@ -6,6 +6,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 
 use crate::crd::{KinesisExporter, KinesisExporterStatus};
+pub use crate::delivery::DELIVERING;
+use crate::delivery::Delivery;
 use crate::resources::selector_string;
 
 pub const READY: &str = "Ready";
@@ -98,12 +100,14 @@ pub fn pod_trouble(pods: &[Pod]) -> Option<Problem> {
 }
 
 /// The status for `kex` given its Deployment as it stands (None when there is none), the
-/// problem that stopped the reconcile, if any, and what is wrong with its pods, if anything.
+/// problem that stopped the reconcile, if any, what is wrong with its pods, if anything, and
+/// what its pods report on their delivery.
 pub fn compute(
     kex: &KinesisExporter,
     deployment: Option<&Deployment>,
     problem: Option<&Problem>,
     pods: Option<&Problem>,
+    delivery: &Delivery,
     now: Timestamp,
 ) -> KinesisExporterStatus {
     let desired = kex.spec.replicas();
@@ -151,8 +155,8 @@ pub fn compute(
         .map(|s| s.conditions.as_slice())
         .unwrap_or(&[]);
     let generation = kex.metadata.generation;
-    let condition = |type_: &str, is: bool, reason: &str, message: String| {
-        let status = if is { "True" } else { "False" }.to_string();
+    let condition_of = |type_: &str, status: &str, reason: &str, message: String| {
+        let status = status.to_string();
         // The transition time moves only when the status does.
         let last_transition_time = previous
             .iter()
@@ -167,6 +171,9 @@ pub fn compute(
             observed_generation: generation,
             last_transition_time,
         }
+    };
+    let condition = |type_: &str, is: bool, reason: &str, message: String| {
+        condition_of(type_, if is { "True" } else { "False" }, reason, message)
     };
     let conditions = vec![
         if ready {
@@ -200,6 +207,12 @@ pub fn compute(
             Some((reason, message)) => condition(DEGRADED, true, reason, message.clone()),
             None => condition(DEGRADED, false, "AsExpected", "no problem seen".into()),
         },
+        condition_of(
+            DELIVERING,
+            delivery.verdict.status,
+            delivery.verdict.reason,
+            delivery.verdict.message.clone(),
+        ),
     ];
     KinesisExporterStatus {
         observed_generation: generation,
@@ -208,6 +221,7 @@ pub fn compute(
         ready: Some(format!("{ready_current}/{desired}")),
         selector: Some(selector_string(kex)),
         conditions,
+        delivery: delivery.status.clone(),
     }
 }
 
@@ -271,6 +285,7 @@ mod tests {
             Some(&deployment(3, 3, 2, 2, 2)),
             None,
             None,
+            &Delivery::default(),
             Timestamp::UNIX_EPOCH,
         );
         assert_eq!(get(&s, READY).status, "True");
@@ -293,6 +308,7 @@ mod tests {
             Some(&deployment(4, 3, 2, 2, 2)),
             None,
             None,
+            &Delivery::default(),
             Timestamp::UNIX_EPOCH,
         );
         assert_eq!(s.ready.as_deref(), Some("0/2"));
@@ -309,6 +325,7 @@ mod tests {
             Some(&deployment(4, 4, 3, 1, 3)),
             None,
             None,
+            &Delivery::default(),
             Timestamp::UNIX_EPOCH,
         );
         assert_eq!(
@@ -328,6 +345,7 @@ mod tests {
             None,
             Some(&Problem::failed("deployments.apps is forbidden")),
             None,
+            &Delivery::default(),
             Timestamp::UNIX_EPOCH,
         );
         let d = get(&s, DEGRADED);
@@ -346,7 +364,14 @@ mod tests {
             message: Some("ReplicaSet \"a-1\" has timed out progressing.".into()),
             ..Default::default()
         }]);
-        let s = compute(&kex(1), Some(&stuck), None, None, Timestamp::UNIX_EPOCH);
+        let s = compute(
+            &kex(1),
+            Some(&stuck),
+            None,
+            None,
+            &Delivery::default(),
+            Timestamp::UNIX_EPOCH,
+        );
         let d = get(&s, DEGRADED);
         assert_eq!(
             (d.status.as_str(), d.reason.as_str()),
@@ -365,16 +390,31 @@ mod tests {
             Some(&deployment(1, 1, 1, 1, 1)),
             None,
             None,
+            &Delivery::default(),
             t0,
         ));
-        let same = compute(&k, Some(&deployment(1, 1, 1, 1, 1)), None, None, t1);
+        let same = compute(
+            &k,
+            Some(&deployment(1, 1, 1, 1, 1)),
+            None,
+            None,
+            &Delivery::default(),
+            t1,
+        );
         assert_eq!(get(&same, READY).last_transition_time, Time(t0));
         assert_eq!(
             same,
             *k.status.as_ref().unwrap(),
             "an unchanged world gives an identical status"
         );
-        let changed = compute(&k, Some(&deployment(1, 1, 1, 1, 0)), None, None, t1);
+        let changed = compute(
+            &k,
+            Some(&deployment(1, 1, 1, 1, 0)),
+            None,
+            None,
+            &Delivery::default(),
+            t1,
+        );
         assert_eq!(get(&changed, READY).last_transition_time, Time(t1));
         assert_eq!(condition_status(Some(&changed), READY), Some("False"));
     }
@@ -413,6 +453,7 @@ mod tests {
             Some(&deployment(4, 4, 1, 1, 0)),
             None,
             Some(&trouble),
+            &Delivery::default(),
             Timestamp::UNIX_EPOCH,
         );
         let d = get(&s, DEGRADED);

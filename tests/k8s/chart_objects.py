@@ -160,7 +160,7 @@ expected_rules = sorted([
     (("",), ("serviceaccounts",), apply_verbs + ("delete",)),
     (("apps",), ("deployments",), apply_verbs),
     (("policy",), ("poddisruptionbudgets",), apply_verbs + ("delete",)),
-    (("",), ("pods",), ("list",)),
+    (("",), ("pods",), ("list", "watch")),
     (("events.k8s.io",), ("events",), ("create", "patch")),
 ])
 def rules_of(role):

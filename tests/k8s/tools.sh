@@ -5,6 +5,8 @@
 #   source tests/k8s/tools.sh; ensure_helm     sets HELM to the cached binary (builds it once)
 #   bash tests/k8s/tools.sh ensure_helm         same, prints the binary's path
 #   source tests/k8s/tools.sh; ensure_helm_docs   sets HELM_DOCS (helm-docs: the chart README)
+#   source tests/k8s/tools.sh; ensure_prometheus  sets PROMETHEUS (runs the chart's dashboard
+#                                                 queries and alert rules in the tests)
 #
 # Cache: ${KINESIS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kinesis-exporter/bin}
 # Needs: go (1.26+, as helm's go.mod asks) on PATH. Builds run under `nice -n 19` with
@@ -12,6 +14,8 @@
 
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 HELM_DOCS_VERSION="${HELM_DOCS_VERSION:-v1.14.2}"
+# The Go module's v0.X.Y is Prometheus 3.X.Y.
+PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"
 # Go build parallelism: 1 on a developer's machine, so builds leave the CPU to cargo and
 # tests; every core under CI, where nothing else runs.
 KEX_GO_PARALLELISM="${KEX_GO_PARALLELISM:-$([ "${CI:-}" = true ] && nproc || echo 1)}"
@@ -90,11 +94,33 @@ ensure_helm_docs() {
   HELM_DOCS="$bin"
 }
 
+# ensure_prometheus: sets PROMETHEUS to ${KINESIS_TOOLS_DIR}/prometheus-${PROMETHEUS_VERSION}, the
+# server itself (scrapes, PromQL, rule evaluation), built on first use (minutes on 2 cores).
+ensure_prometheus() {
+  local bin="$KINESIS_TOOLS_DIR/prometheus-$PROMETHEUS_VERSION" start release
+  if [ -x "$bin" ] && "$bin" --version >/dev/null 2>&1; then
+    PROMETHEUS="$bin"
+    return 0
+  fi
+  _tools_need_go || return 1
+  mkdir -p "$KINESIS_TOOLS_DIR" || return 1
+  start=$(date +%s)
+  # Module v0.316.0 is release 3.16.0 (the minor is offset by 300).
+  release="${PROMETHEUS_VERSION#v0.}"
+  release="3.$(( ${release%%.*} - 300 )).${release#*.}"
+  _tools_say "building prometheus $release ($PROMETHEUS_VERSION) from the Go module proxy (once; cached in $KINESIS_TOOLS_DIR; takes minutes on 2 cores)"
+  _tools_go_install "$bin" "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_VERSION" \
+    "-s -w -X github.com/prometheus/common/version.Version=$release" || return 1
+  _tools_say "built prometheus $release in $(( $(date +%s) - start ))s: $bin"
+  PROMETHEUS="$bin"
+}
+
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   set -euo pipefail
   case "${1:-}" in
     ensure_helm) ensure_helm; printf '%s\n' "$HELM" ;;
     ensure_helm_docs) ensure_helm_docs; printf '%s\n' "$HELM_DOCS" ;;
-    *) echo "usage: $0 ensure_helm|ensure_helm_docs" >&2; exit 2 ;;
+    ensure_prometheus) ensure_prometheus; printf '%s\n' "$PROMETHEUS" ;;
+    *) echo "usage: $0 ensure_helm|ensure_helm_docs|ensure_prometheus" >&2; exit 2 ;;
   esac
 fi

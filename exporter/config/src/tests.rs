@@ -391,7 +391,13 @@ fn ingress_and_record_keys_have_limits() {
 
 // --------------------------------------------------------------------------- the settings table
 
-const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md");
+/// The README of the checkout under test: `cargo test` sets CARGO_MANIFEST_DIR when it runs
+/// a test, and a test binary built in another clone (a shared target directory) may be reused.
+fn readme() -> std::path::PathBuf {
+    let dir = std::env::var("CARGO_MANIFEST_DIR")
+        .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    std::path::Path::new(&dir).join("../../README.md")
+}
 const BEGIN: &str = "<!-- settings:begin";
 const END: &str = "<!-- settings:end -->";
 
@@ -399,7 +405,7 @@ const END: &str = "<!-- settings:end -->";
 /// `make readme` sets) rewrites them instead of failing.
 #[test]
 fn the_readme_tables_are_generated_from_the_settings_table() {
-    let text = std::fs::read_to_string(README).expect("README.md");
+    let text = std::fs::read_to_string(readme()).expect("README.md");
     let begin = text
         .find(BEGIN)
         .expect("README has the settings:begin marker");
@@ -411,7 +417,7 @@ fn the_readme_tables_are_generated_from_the_settings_table() {
     }
     if std::env::var_os("KEX_UPDATE_README").is_some() {
         let updated = format!("{}{}{}", &text[..body_start], want, &text[end..]);
-        std::fs::write(README, updated).expect("README.md written");
+        std::fs::write(readme(), updated).expect("README.md written");
         return;
     }
     panic!("README.md's configuration tables are stale: run `make readme`");

@@ -152,7 +152,30 @@ where
             RequestError {
                 retryable: is_retryable_request_error(&code) || status_5xx,
                 code,
-                message,
+                // The service's own words are what a human acts on ("User ... is not
+                // authorized to perform kinesis:PutRecords on ...").
+                message: service
+                    .err()
+                    .message()
+                    .map(str::to_string)
+                    .unwrap_or(message),
+            }
+        }
+        // An error answer the SDK could not parse (a proxy's page, or the Query protocol's XML
+        // from an endpoint that speaks it): its HTTP status still says whether to retry.
+        SdkError::ResponseError(response) if response.raw().status().is_client_error() => {
+            let status = response.raw().status().as_u16();
+            let body = response
+                .raw()
+                .body()
+                .bytes()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            let code = xml_element(&body, "Code").unwrap_or_else(|| format!("Http{status}"));
+            RequestError {
+                retryable: matches!(status, 408 | 429) || is_retryable_request_error(&code),
+                message: xml_element(&body, "Message").unwrap_or(message),
+                code,
             }
         }
         SdkError::TimeoutError(_) => RequestError {
@@ -176,6 +199,14 @@ where
             message,
         },
     }
+}
+
+/// The text of the first `<name>` element of an XML error body, if any.
+fn xml_element(body: &str, name: &str) -> Option<String> {
+    let open = format!("<{name}>");
+    let start = body.find(&open)? + open.len();
+    let end = start + body[start..].find(&format!("</{name}>"))?;
+    Some(body[start..end].trim().to_string()).filter(|s| !s.is_empty())
 }
 
 /// Entry error codes that will not go away by retrying the same record.
@@ -211,4 +242,23 @@ fn is_retryable_request_error(code: &str) -> bool {
             | "ExpiredTokenException"
             | "RequestExpired"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::xml_element;
+
+    #[test]
+    fn an_xml_error_body_gives_its_code_and_message() {
+        let body = r#"<?xml version="1.0" encoding="utf-8"?>
+<ErrorResponse><Errors><Error><Code>AccessDenied</Code><Message>User: arn:aws:sts::1:assumed-role/r/s is not authorized to perform: kinesis:PutRecords</Message><Type>Sender</Type></Error></Errors></ErrorResponse>"#;
+        assert_eq!(xml_element(body, "Code").as_deref(), Some("AccessDenied"));
+        assert!(
+            xml_element(body, "Message")
+                .unwrap()
+                .ends_with("kinesis:PutRecords")
+        );
+        assert_eq!(xml_element("<html>502 Bad Gateway</html>", "Code"), None);
+        assert_eq!(xml_element("<Code></Code>", "Code"), None);
+    }
 }

@@ -70,6 +70,9 @@ pub struct OutcomeLabels {
     pub outcome: &'static str,
 }
 
+/// The outcomes a routed request is counted under (`not_routed` is for the others).
+pub const REQUEST_OUTCOMES: &[&str] = &["ok", "bad_request", "too_large", "unavailable"];
+
 /// Ingress metrics: items received and requests by outcome.
 #[derive(Default, Clone)]
 pub struct IngressMetrics {
@@ -116,6 +119,25 @@ pub struct Ingress {
 
 impl Ingress {
     pub fn new(routes: HashMap<Signal, Vec<Route>>, metrics: IngressMetrics) -> Arc<Self> {
+        // Every series of a routed signal exists at 0 from the start, so that the first
+        // refusal is an increase that rate() and alerts see, not the birth of a series.
+        for signal in routes.keys() {
+            for protocol in ["grpc", "http"] {
+                let labels = SignalLabels {
+                    signal: signal.as_str(),
+                    protocol,
+                };
+                let _ = metrics.items_received.get_or_create(&labels);
+                let _ = metrics.items_rejected.get_or_create(&labels);
+                for outcome in REQUEST_OUTCOMES {
+                    let _ = metrics.requests.get_or_create(&OutcomeLabels {
+                        signal: signal.as_str(),
+                        protocol,
+                        outcome,
+                    });
+                }
+            }
+        }
         Arc::new(Ingress { routes, metrics })
     }
 

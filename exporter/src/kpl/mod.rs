@@ -7,6 +7,7 @@ pub mod aggregator;
 mod backoff;
 pub mod batcher;
 pub mod client;
+pub mod health;
 pub mod limits;
 pub mod metrics;
 mod producer;
@@ -16,15 +17,6 @@ pub mod shard_map;
 
 pub use backoff::{delay as backoff_delay, jittered_delay};
 pub use client::{EntryResult, KinesisApi, RequestError};
-pub use metrics::ProducerMetrics;
+pub use metrics::{DROP_REASONS, ProducerMetrics};
 pub use producer::{Producer, ProducerConfig, ProducerHandle, PutError, Reserved, ShutdownReport};
 pub use record::{InvalidRecord, KinesisRecord, UserRecord, partition_key_hash};
-
-/// Every reason a user record can be dropped for, as the metric labels them.
-pub const DROP_REASONS: &[&str] = &[
-    "retries_exhausted",
-    "permanent_error",
-    "record_too_large",
-    "invalid_partition_key",
-    "shutdown_deadline",
-];

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::aggregator::{AggregateLimits, Aggregator};
 use super::batcher::{Batch, Batcher};
 use super::client::KinesisApi;
+use super::health::Operation;
 use super::limits::MAX_RECORD_BYTES;
 use super::metrics::{ProducerMetrics, ResultLabel};
 use super::record::{InvalidRecord, KinesisRecord, UserRecord};
@@ -78,13 +79,14 @@ pub enum PutError {
 /// dropping it gives the room back.
 pub struct Reserved<'a> {
     permits: Option<tokio::sync::mpsc::PermitIterator<'a, UserRecord>>,
-    metrics: &'a ProducerMetrics,
+    handle: &'a ProducerHandle,
 }
 
 impl Reserved<'_> {
     /// Queues `records`, exactly as many as were reserved.
     pub fn admit(self, records: Vec<UserRecord>) {
-        self.metrics
+        self.handle
+            .metrics
             .user_records_received
             .inc_by(records.len() as u64);
         if let Some(permits) = self.permits {
@@ -93,6 +95,7 @@ impl Reserved<'_> {
                 permit.send(record);
             }
         }
+        self.handle.note_backlog();
     }
 }
 
@@ -109,6 +112,7 @@ impl ProducerHandle {
         self.refuse_invalid(&record)?;
         self.tx.send(record).await.map_err(|_| PutError::Closed)?;
         self.metrics.user_records_received.inc();
+        self.note_backlog();
         Ok(())
     }
 
@@ -120,6 +124,7 @@ impl ProducerHandle {
             mpsc::error::TrySendError::Closed(_) => PutError::Closed,
         })?;
         self.metrics.user_records_received.inc();
+        self.note_backlog();
         Ok(())
     }
 
@@ -130,11 +135,10 @@ impl ProducerHandle {
         n: usize,
         deadline: tokio::time::Instant,
     ) -> Result<Reserved<'_>, PutError> {
-        let metrics = self.metrics.as_ref();
         if n == 0 {
             return Ok(Reserved {
                 permits: None,
-                metrics,
+                handle: self,
             });
         }
         if n > self.tx.max_capacity() {
@@ -146,7 +150,7 @@ impl ProducerHandle {
         match tokio::time::timeout_at(deadline, self.tx.reserve_many(n)).await {
             Ok(Ok(permits)) => Ok(Reserved {
                 permits: Some(permits),
-                metrics,
+                handle: self,
             }),
             Ok(Err(_)) => Err(PutError::Closed),
             Err(_) => Err(PutError::NoRoom(n)),
@@ -174,6 +178,12 @@ impl ProducerHandle {
     /// Records waiting in the backlog.
     pub fn backlog(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    /// Sets the backlog gauge from the callers' side too: while the producer task waits for a
+    /// connection it reads no records, and that is when the backlog fills.
+    fn note_backlog(&self) {
+        self.metrics.backlog.set(self.backlog() as i64);
     }
 
     pub fn metrics(&self) -> &Arc<ProducerMetrics> {
@@ -212,6 +222,7 @@ impl Producer {
         metrics: Arc<ProducerMetrics>,
     ) -> Producer {
         let (tx, rx) = mpsc::channel(config.backlog);
+        metrics.backlog_capacity.set(config.backlog as i64);
         let (stop, stopped) = oneshot::channel();
         let pipeline = Pipeline::new(config, client, metrics.clone());
         let running = Arc::new(AtomicBool::new(true));
@@ -505,6 +516,14 @@ impl Pipeline {
     /// waits longer before the next try.
     async fn refresh_shard_map(&mut self) {
         let result = self.client.list_shards(&self.config.stream_name).await;
+        match &result {
+            Ok(_) => self.metrics.health.succeeded(),
+            Err(e) => {
+                self.metrics
+                    .health
+                    .failed(Operation::ListShards, &e.code, &e.message, e.retryable)
+            }
+        }
         let map = result.map_err(|e| e.to_string()).and_then(ShardMap::new);
         match map {
             Ok(map) => {

@@ -7,7 +7,8 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::backoff::jittered_delay;
 use super::client::{EntryResult, KinesisApi};
-use super::metrics::{ProducerMetrics, ResultLabel};
+use super::health::Operation;
+use super::metrics::{ErrorCodeLabel, ProducerMetrics, ResultLabel};
 use super::record::KinesisRecord;
 
 /// What every send job shares.
@@ -44,26 +45,54 @@ pub(super) async fn send_batch(
     let mut retry = 0u32;
     loop {
         metrics.in_flight_requests.inc();
+        metrics
+            .put_records_request_records
+            .observe(pending.len() as f64);
+        metrics.put_records_request_bytes.observe(
+            pending
+                .iter()
+                .map(KinesisRecord::billed_size)
+                .sum::<usize>() as f64,
+        );
+        let started = std::time::Instant::now();
         let result = tokio::time::timeout(
             ctx.request_timeout,
             ctx.client.put_records(&ctx.stream, &pending),
         )
         .await;
+        metrics
+            .put_records_duration
+            .observe(started.elapsed().as_secs_f64());
         metrics.in_flight_requests.dec();
 
         let mut failed: Vec<(KinesisRecord, String)> = Vec::new();
         match result {
             Err(_elapsed) => {
                 count_call(metrics, "error");
+                let message = format!("no answer within {:?}", ctx.request_timeout);
+                metrics
+                    .health
+                    .failed(Operation::PutRecords, "Timeout", &message, true);
                 failed.extend(pending.drain(..).map(|r| (r, "Timeout".to_string())));
             }
             Ok(Err(error)) if error.retryable => {
                 count_call(metrics, "error");
                 tracing::debug!(code = %error.code, message = %error.message, "PutRecords failed; will retry");
+                if is_throttling(&error.code) {
+                    metrics.records_throttled.inc_by(pending.len() as u64);
+                    metrics.health.throttled();
+                } else {
+                    metrics
+                        .health
+                        .failed(Operation::PutRecords, &error.code, &error.message, true);
+                }
                 failed.extend(pending.drain(..).map(|r| (r, error.code.clone())));
             }
             Ok(Err(error)) => {
                 count_call(metrics, "error");
+                metrics
+                    .health
+                    .failed(Operation::PutRecords, &error.code, &error.message, false);
                 drop_records(
                     metrics,
                     DROP_PERMANENT_ERROR,
@@ -74,6 +103,7 @@ pub(super) async fn send_batch(
                 return outcome;
             }
             Ok(Ok(results)) => {
+                metrics.health.succeeded();
                 let mut partial = false;
                 for (record, result) in pending.drain(..).zip(results) {
                     match result {
@@ -105,6 +135,10 @@ pub(super) async fn send_batch(
                         }
                         EntryResult::Failed { code, .. } => {
                             partial = true;
+                            if is_throttling(&code) {
+                                metrics.records_throttled.inc();
+                                metrics.health.throttled();
+                            }
                             failed.push((record, code));
                         }
                     }
@@ -131,8 +165,8 @@ pub(super) async fn send_batch(
         for (_, code) in &failed {
             metrics
                 .records_retried
-                .get_or_create(&super::metrics::ReasonLabel {
-                    reason: code.clone(),
+                .get_or_create(&ErrorCodeLabel {
+                    error_code: code.clone(),
                 })
                 .inc();
         }
@@ -141,9 +175,16 @@ pub(super) async fn send_batch(
     }
 }
 
+/// Error codes that mean "too fast": the stream's shards, the account's API rate or KMS.
+fn is_throttling(code: &str) -> bool {
+    code.contains("ProvisionedThroughputExceeded")
+        || code.contains("LimitExceeded")
+        || code.contains("Throttl")
+}
+
 fn count_call(metrics: &ProducerMetrics, result: &'static str) {
     metrics
-        .put_records_calls
+        .put_records_requests
         .get_or_create(&ResultLabel { result })
         .inc();
 }
@@ -170,12 +211,9 @@ pub(super) fn count_stored(
         metrics.aggregated_records_delivered.inc();
     }
     metrics
-        .kinesis_bytes_delivered
+        .delivered_bytes
         .inc_by((data.len() + partition_key.len()) as u64);
-    metrics.aggregation_ratio.set(
-        metrics.user_records_delivered.get() as f64
-            / metrics.kinesis_records_delivered.get() as f64,
-    );
+    metrics.health.delivered();
 }
 
 fn drop_records(

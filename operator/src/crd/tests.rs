@@ -184,7 +184,7 @@ fn the_crd_has_the_names_columns_subresources_and_descriptions() {
         .flatten()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(columns, ["Stream", "Region", "Ready", "Age"]);
+    assert_eq!(columns, ["Stream", "Region", "Ready", "Delivery", "Age"]);
     let subresources = version.subresources.as_ref().unwrap();
     assert!(subresources.status.is_some());
     let scale = subresources.scale.as_ref().unwrap();

@@ -62,6 +62,15 @@ def bridge_peers(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) 
 
 
 @pytest.fixture(scope="session")
+def iam_moto(real_node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """moto with IAM enforced (peers/moto_iam.py) on the bridge: STS and Kinesis where a role
+    may do only what its policies allow."""
+    moto, endpoint = start_moto_server(tmp_path_factory.mktemp("moto-iam"), real_node.ip, enforce_iam=True)
+    yield endpoint
+    moto.stop(check=False)
+
+
+@pytest.fixture(scope="session")
 def operator_release(k8s_cluster: Cluster, real_node: RealNode, images: dict, helm_bin: str,  # noqa: F811
                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The chart's operator as two real pods; yields its namespace."""

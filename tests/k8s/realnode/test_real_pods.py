@@ -20,13 +20,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 
-from conftest import create_stream, start_recording, stop_recording, sts_calls
+import boto3
+
+from conftest import create_stream, moto_iam_admin, start_recording, stop_recording, sts_calls
 from otlp_helpers import read_signal, send_traces, spans_of
 
 from ..k8s_helpers import (
     WRITE_VERBS,
     Cluster,
     apply,
+    conditions,
     get_kex,
     jwt_claims,
     kex_manifest,
@@ -42,6 +45,7 @@ from .platform import (
     NODE_SH,
     OPERATOR_IMAGE,
     RealNode,
+    ServiceTarget,
     deploy_exporter,
     exporter_selector,
     pods,
@@ -251,6 +255,94 @@ def test_exporter_pods_become_ready_and_carry_otlp_through_the_service(
         assert claims["aud"] == ["sts.amazonaws.com"], claims
         assert claims["sub"] == f"system:serviceaccount:{ns}:{name}", claims
         assert claims["kubernetes.io"]["pod"]["name"] in pod_names, claims
+
+
+# --------------------------------------------------------------------------- status from the data plane
+
+
+def delivering(cluster: Cluster, ns: str, name: str) -> dict:
+    return conditions(get_kex(cluster, ns, name)).get("Delivering", {})
+
+
+def test_kubectl_get_kex_shows_whose_data_does_not_reach_its_stream(
+        k8s_cluster: Cluster, real_node: RealNode, operator_release: str,
+        bridge_peers: BridgePeers, iam_moto: str) -> None:
+    """Three teams' exporters, all Ready: one delivers; one names a stream that does not exist;
+    one runs as a role whose policy (evaluated by moto's IAM) allows ListShards but not
+    PutRecords. The pods' own reports reach each resource's status and `kubectl get kex`."""
+    ns = make_namespace(k8s_cluster, "kex-real-delivery")
+    stream = f"kex-real-{uuid.uuid4().hex[:8]}"
+    create_stream(bridge_peers.kinesis, stream, 1)
+    admin = moto_iam_admin(iam_moto)
+    iam = boto3.client("iam", **admin)
+    _, path, role_name = role_for(ns).rsplit("/", 2)
+    iam.create_role(RoleName=role_name, Path=f"/{path}/", AssumeRolePolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRoleWithWebIdentity",
+                                                "Principal": {"Federated": "arn:aws:iam::123456789012:oidc-provider/kex"}}]}))
+    iam.put_role_policy(RoleName=role_name, PolicyName="read-only", PolicyDocument=json.dumps({
+        "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Resource": "*",
+                                                "Action": ["kinesis:ListShards", "kinesis:DescribeStream*"]}]}))
+    boto3.client("kinesis", **admin).create_stream(StreamName="orders", ShardCount=1)
+
+    endpoints = {"delivering": (bridge_peers.kinesis, bridge_peers.sts, stream),
+                 "missing-stream": (bridge_peers.kinesis, bridge_peers.sts, "no-such-stream"),
+                 "denied": (iam_moto, iam_moto, "orders")}
+    for name, (kinesis, sts, stream_name) in endpoints.items():
+        apply(k8s_cluster, kex_manifest(
+            ns, name, stream_name, aws={"region": "us-east-1", "kinesisEndpoint": kinesis, "stsEndpoint": sts},
+            kpl={"flushIntervalSeconds": 1}, signals=["traces"], replicas=1, **real_node.placement()))
+    services = {}
+    for name in endpoints:
+        wait_ready(k8s_cluster, ns, name, timeout=180)
+        services[name] = ServiceTarget(k8s_cluster.get_json("-n", ns, "service", name)["spec"]["clusterIP"])
+
+    # Ready pods, and yet nothing known about delivery until data flows (or a call fails).
+    send_traces("grpc", services["delivering"], {"checkout": [["GET /cart", "render"]]})
+    send_traces("grpc", services["denied"], {"orders": [["POST /order", "INSERT order"]]})
+
+    def verdict(name: str, status: str, reason: str) -> dict:
+        seen: list[dict] = []
+
+        def matches():
+            seen.append(delivering(k8s_cluster, ns, name))
+            return seen[-1] if (seen[-1].get("status"), seen[-1].get("reason")) == (status, reason) else None
+        try:
+            return poll(f"{name}: Delivering={status} ({reason})", matches, timeout=90)
+        except AssertionError as err:
+            raise AssertionError(f"{err}; the condition was {seen[-1] if seen else None}") from None
+
+    ok = verdict("delivering", "True", "Delivering")
+    missing = verdict("missing-stream", "False", "StreamNotFound")
+    denied = verdict("denied", "False", "AccessDenied")
+    print(k8s_cluster.kubectl("-n", ns, "get", "kex").stdout)
+    assert ok["message"] == f"records reach stream {stream}", ok
+    assert "ListShards on stream no-such-stream failed: ResourceNotFoundException" in missing["message"], missing
+    # moto's IAM names the principal (the role the pod's token was traded for) and the action.
+    assert "PutRecords on stream orders failed: AccessDenied" in denied["message"], denied
+    assert f"assumed-role/{role_name}/" in denied["message"], denied
+    assert "kinesis:PutRecords" in denied["message"], denied
+
+    delivered = poll("status.delivery of delivering counts every span's record",
+                     lambda: (lambda d: d if d.get("recordsDelivered", 0) >= 1 else None)(
+                         get_kex(k8s_cluster, ns, "delivering")["status"].get("delivery", {})), timeout=60)
+    assert delivered["podsReporting"] == 1 and delivered["recordsReceived"] >= 1, delivered
+    dropped = get_kex(k8s_cluster, ns, "denied")["status"]["delivery"]["recordsDropped"]
+    assert dropped.get("permanent_error", 0) >= 1, dropped
+
+    # What a team sees: every exporter Ready 1/1, and the Delivery column says which one works.
+    table = k8s_cluster.kubectl("-n", ns, "get", "kex", "--no-headers", "-o",
+                                "custom-columns=NAME:.metadata.name,READY:.status.ready").stdout
+    assert sorted(table.split()) == sorted(["delivering", "1/1", "missing-stream", "1/1", "denied", "1/1"]), table
+    rows = {line.split()[0]: line.split() for line in k8s_cluster.kubectl("-n", ns, "get", "kex").stdout.splitlines()[1:]}
+    assert "Delivering" in rows["delivering"], rows
+    assert "StreamNotFound" in rows["missing-stream"], rows
+    assert "AccessDenied" in rows["denied"], rows
+    # A Warning event says so too, once.
+    events = k8s_cluster.get_json("-n", ns, "events", "--field-selector", "type=Warning")["items"]
+    reasons = Counter((e["regarding"]["name"] if "regarding" in e else e["involvedObject"]["name"], e["reason"])
+                      for e in events)
+    assert reasons[("denied", "AccessDenied")] == 1, reasons
+    assert reasons[("missing-stream", "StreamNotFound")] == 1, reasons
 
 
 # --------------------------------------------------------------------------- rollouts under load
