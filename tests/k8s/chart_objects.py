@@ -7,7 +7,7 @@ check to OUT.
 
     chart_objects.py VARIANT RENDERED.yaml OUT.yaml RELEASE NAMESPACE
 """
-import sys, yaml
+import json, pathlib, sys, yaml
 
 variant, rendered, out_path, release, namespace = sys.argv[1:6]
 docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
@@ -148,6 +148,23 @@ if deps:
                       and spec["podMetricsEndpoints"][0]["interval"] == "20s", "PodMonitor endpoint")
         else:
             check(not pod_monitors, "no PodMonitor by default")
+        # The alerts and the dashboard are the files the tests run (tests/test_observability.py).
+        rules = find("PrometheusRule")
+        dashboards = [d for d in find("ConfigMap") if d["metadata"]["name"].endswith("-dashboard")]
+        chart_files = pathlib.Path(__file__).resolve().parents[2] / "charts/kinesis-operator/files"
+        if ns_mode:
+            check(len(rules) == 1 and rules[0]["spec"] == yaml.safe_load(
+                (chart_files / "kinesis-exporter-alerts.yaml").read_text())
+                and rules[0]["metadata"]["labels"].get("release") == "prometheus",
+                "PrometheusRule rendered with files/kinesis-exporter-alerts.yaml and its labels")
+            check(len(dashboards) == 1
+                  and dashboards[0]["metadata"]["namespace"] == "monitoring"
+                  and dashboards[0]["metadata"]["labels"].get("grafana_dashboard") == "1"
+                  and json.loads(dashboards[0]["data"]["kinesis-exporter.json"])
+                  == json.loads((chart_files / "kinesis-exporter-dashboard.json").read_text()),
+                  "dashboard ConfigMap rendered with files/kinesis-exporter-dashboard.json for the sidecar")
+        else:
+            check(not rules and not dashboards, "no PrometheusRule or dashboard by default")
 
 # RBAC: least privilege, per mode
 # Only the verbs the operator calls: no update anywhere (server-side apply is a patch, and
