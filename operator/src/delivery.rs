@@ -141,8 +141,8 @@ fn failure_reason(code: &str) -> &'static str {
     }
 }
 
-/// The verdict on one exporter of one pod.
-pub fn judge_exporter(report: &ExporterReport) -> Verdict {
+/// The verdict on one exporter of one pod whose Kinesis calls are made as `role`, if known.
+pub fn judge_exporter(report: &ExporterReport, role: Option<&str>) -> Verdict {
     let stream = &report.stream;
     if let Some(error) = &report.last_error {
         let after_last_success = newer(error.age_seconds, report.last_success_age_seconds);
@@ -156,8 +156,9 @@ pub fn judge_exporter(report: &ExporterReport) -> Verdict {
                 status: "False",
                 reason,
                 message: format!(
-                    "{} on stream {stream} failed: {}: {}",
+                    "{} on stream {stream}{} failed: {}: {}",
                     error.operation,
+                    role.map(|r| format!(" as role {r}")).unwrap_or_default(),
                     error.code,
                     // Events and conditions are for people; the full text is in the pod's log.
                     error
@@ -218,15 +219,16 @@ pub fn judge_exporter(report: &ExporterReport) -> Verdict {
 }
 
 /// The verdict on a resource from the reports of the pods that answered (in a stable order,
-/// e.g. by pod name): the worst of them, and the counts summed.
-pub fn judge(reports: &[PodReport]) -> Delivery {
+/// e.g. by pod name): the worst of them, and the counts summed. `role` is the role the pods
+/// write as (spec.aws.role), named in failures.
+pub fn judge(reports: &[PodReport], role: Option<&str>) -> Delivery {
     let exporters: Vec<&ExporterReport> = reports.iter().flat_map(|r| &r.exporters).collect();
     if exporters.is_empty() {
         return Delivery::default();
     }
     let verdict = exporters
         .iter()
-        .map(|e| judge_exporter(e))
+        .map(|e| judge_exporter(e, role))
         .min_by_key(Verdict::rank)
         .expect("not empty");
     let mut status = DeliveryStatus {

@@ -142,6 +142,11 @@ pub async fn round(
         .iter()
         .map(|kex| (ObjectRef::from_obj(kex.as_ref()), pods_of(kex, pods)))
         .collect();
+    let roles: HashMap<ObjectRef<KinesisExporter>, Option<String>> = resources
+        .state()
+        .iter()
+        .map(|kex| (ObjectRef::from_obj(kex.as_ref()), kex.spec.aws.role.clone()))
+        .collect();
     let jobs: Vec<(ObjectRef<KinesisExporter>, String, String)> = targets
         .iter()
         .flat_map(|(key, pods)| {
@@ -172,7 +177,8 @@ pub async fn round(
         let mut pod_reports = answers.remove(key).unwrap_or_default();
         pod_reports.sort_by(|a, b| a.0.cmp(&b.0));
         let reports_only: Vec<PodReport> = pod_reports.into_iter().map(|(_, r)| r).collect();
-        let delivery = delivery::judge(&reports_only);
+        let role = roles.get(key).cloned().flatten();
+        let delivery = delivery::judge(&reports_only, role.as_deref());
         if reports.set(key.clone(), delivery.clone()) {
             tracing::info!(
                 resource = %key,
@@ -314,13 +320,16 @@ mod tests {
         let reports = Reports::default();
         let key = ObjectRef::new("a").within("team");
         assert!(!reports.set(key.clone(), Delivery::default()));
-        let delivering = delivery::judge(&[PodReport {
-            exporters: vec![delivery::ExporterReport {
-                stream: "s".into(),
-                last_delivery_age_seconds: Some(1.0),
-                ..Default::default()
+        let delivering = delivery::judge(
+            &[PodReport {
+                exporters: vec![delivery::ExporterReport {
+                    stream: "s".into(),
+                    last_delivery_age_seconds: Some(1.0),
+                    ..Default::default()
+                }],
             }],
-        }]);
+            None,
+        );
         assert!(reports.set(key.clone(), delivering.clone()));
         assert!(
             !reports.set(key.clone(), delivering),

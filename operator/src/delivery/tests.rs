@@ -31,7 +31,7 @@ fn pods(exporters: Vec<ExporterReport>) -> Vec<PodReport> {
 
 #[test]
 fn records_stored_lately_is_delivering() {
-    let d = judge(&pods(vec![healthy()]));
+    let d = judge(&pods(vec![healthy()]), None);
     assert_eq!((d.verdict.status, d.verdict.reason), ("True", "Delivering"));
     assert_eq!(d.verdict.message, "records reach stream orders");
     let status = d.status.unwrap();
@@ -45,11 +45,20 @@ fn denied_access_names_the_call_the_stream_and_the_principal() {
     r.last_delivery_age_seconds = None;
     r.last_success_age_seconds = Some(30.0); // ListShards worked; PutRecords is refused
     r.last_error = error("AccessDenied", false, 2.0);
-    let v = judge_exporter(&r);
+    let v = judge_exporter(&r, None);
     assert_eq!((v.status, v.reason), ("False", "AccessDenied"));
     assert!(
         v.message
             .starts_with("PutRecords on stream orders failed: AccessDenied: User: arn:"),
+        "{}",
+        v.message
+    );
+    let v = judge_exporter(&r, Some("arn:aws:iam::1:role/team/writer"));
+    assert!(
+        v.message.starts_with(
+            "PutRecords on stream orders as role arn:aws:iam::1:role/team/writer failed: \
+             AccessDenied: "
+        ),
         "{}",
         v.message
     );
@@ -60,7 +69,7 @@ fn denied_access_names_the_call_the_stream_and_the_principal() {
         "Http403",
     ] {
         r.last_error = error(code, false, 2.0);
-        assert_eq!(judge_exporter(&r).reason, "AccessDenied", "{code}");
+        assert_eq!(judge_exporter(&r, None).reason, "AccessDenied", "{code}");
     }
 }
 
@@ -77,7 +86,7 @@ fn a_missing_stream_is_reported_without_any_traffic() {
         }),
         ..Default::default()
     };
-    let v = judge_exporter(&r);
+    let v = judge_exporter(&r, None);
     assert_eq!((v.status, v.reason), ("False", "StreamNotFound"));
     assert!(
         v.message.contains("ListShards on stream nope"),
@@ -90,7 +99,7 @@ fn a_missing_stream_is_reported_without_any_traffic() {
 fn an_error_before_the_last_success_is_history() {
     let mut r = healthy();
     r.last_error = error("AccessDeniedException", false, 5.0);
-    assert_eq!(judge_exporter(&r).reason, "Delivering");
+    assert_eq!(judge_exporter(&r, None).reason, "Delivering");
 }
 
 #[test]
@@ -99,30 +108,30 @@ fn a_retryable_failure_counts_only_once_it_lasts() {
     r.last_success_age_seconds = Some(10.0);
     r.last_delivery_age_seconds = Some(10.0);
     r.last_error = error("InternalFailure", true, 1.0);
-    assert_eq!(judge_exporter(&r).reason, "Delivering", "a blip");
+    assert_eq!(judge_exporter(&r, None).reason, "Delivering", "a blip");
     r.last_success_age_seconds = Some(90.0);
     r.last_delivery_age_seconds = Some(90.0);
-    let v = judge_exporter(&r);
+    let v = judge_exporter(&r, None);
     assert_eq!((v.status, v.reason), ("False", "DeliveryFailing"));
     r.last_error = error("LimitExceededException", true, 1.0);
-    assert_eq!(judge_exporter(&r).reason, "Throttled");
-    assert_eq!(judge_exporter(&r).status, "False");
+    assert_eq!(judge_exporter(&r, None).reason, "Throttled");
+    assert_eq!(judge_exporter(&r, None).status, "False");
 }
 
 #[test]
 fn recent_drops_and_throttles_colour_the_verdict() {
     let mut r = healthy();
     r.last_throttle_age_seconds = Some(30.0);
-    let v = judge_exporter(&r);
+    let v = judge_exporter(&r, None);
     assert_eq!((v.status, v.reason), ("True", "Throttled"));
     r.last_throttle_age_seconds = Some(RECENT_SECONDS + 1.0);
-    assert_eq!(judge_exporter(&r).reason, "Delivering");
+    assert_eq!(judge_exporter(&r, None).reason, "Delivering");
 
     r.last_drop = Some(DropReport {
         reason: "retries_exhausted".into(),
         age_seconds: 20.0,
     });
-    let v = judge_exporter(&r);
+    let v = judge_exporter(&r, None);
     assert_eq!((v.status, v.reason), ("False", "Dropping"));
     assert!(v.message.contains("retries_exhausted"));
     // A record Kinesis could never take is the client's, and it was told.
@@ -130,7 +139,7 @@ fn recent_drops_and_throttles_colour_the_verdict() {
         reason: "invalid_partition_key".into(),
         age_seconds: 20.0,
     });
-    assert_eq!(judge_exporter(&r).reason, "Delivering");
+    assert_eq!(judge_exporter(&r, None).reason, "Delivering");
 }
 
 #[test]
@@ -140,15 +149,15 @@ fn nothing_sent_is_unknown_and_says_so() {
         last_success_age_seconds: Some(3.0),
         ..Default::default()
     };
-    let v = judge_exporter(&idle);
+    let v = judge_exporter(&idle, None);
     assert_eq!((v.status, v.reason), ("Unknown", "NoData"));
     let waiting = ExporterReport {
         records_received: 3,
         ..idle
     };
-    assert_eq!(judge_exporter(&waiting).reason, "Pending");
-    assert_eq!(judge(&[]), Delivery::default());
-    assert_eq!(judge(&[]).verdict.reason, "NoReport");
+    assert_eq!(judge_exporter(&waiting, None).reason, "Pending");
+    assert_eq!(judge(&[], None), Delivery::default());
+    assert_eq!(judge(&[], None).verdict.reason, "NoReport");
 }
 
 #[test]
@@ -163,7 +172,7 @@ fn the_worst_pod_decides_and_counts_add_up() {
         stream: "orders".into(),
         ..Default::default()
     };
-    let d = judge(&pods(vec![healthy(), idle, denied]));
+    let d = judge(&pods(vec![healthy(), idle, denied]), None);
     assert_eq!(d.verdict.reason, "AccessDenied");
     let status = d.status.unwrap();
     assert_eq!(status.pods_reporting, 3);
@@ -173,13 +182,16 @@ fn the_worst_pod_decides_and_counts_add_up() {
         BTreeMap::from([("permanent_error".to_string(), 4)]),
         "reasons at 0 are left out"
     );
-    let d = judge(&pods(vec![
-        ExporterReport {
-            stream: "orders".into(),
-            ..Default::default()
-        },
-        healthy(),
-    ]));
+    let d = judge(
+        &pods(vec![
+            ExporterReport {
+                stream: "orders".into(),
+                ..Default::default()
+            },
+            healthy(),
+        ]),
+        None,
+    );
     assert_eq!(d.verdict.reason, "Delivering", "one idle pod is no news");
 }
 
@@ -195,7 +207,7 @@ fn the_exporters_status_document_parses() {
                       "retryable":false,"age_seconds":0.25},
         "last_drop":{"reason":"permanent_error","age_seconds":0.25}}]}"#;
     let report: PodReport = serde_json::from_str(body).unwrap();
-    let d = judge(&[report]);
+    let d = judge(&[report], None);
     assert_eq!(
         (d.verdict.status, d.verdict.reason),
         ("False", "AccessDenied")

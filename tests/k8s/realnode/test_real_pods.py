@@ -316,9 +316,11 @@ def test_kubectl_get_kex_shows_whose_data_does_not_reach_its_stream(
     denied = verdict("denied", "False", "AccessDenied")
     print(k8s_cluster.kubectl("-n", ns, "get", "kex").stdout)
     assert ok["message"] == f"records reach stream {stream}", ok
-    assert "ListShards on stream no-such-stream failed: ResourceNotFoundException" in missing["message"], missing
+    role = role_for(ns)
+    assert f"ListShards on stream no-such-stream as role {role} failed: ResourceNotFoundException" \
+        in missing["message"], missing
     # moto's IAM names the principal (the role the pod's token was traded for) and the action.
-    assert "PutRecords on stream orders failed: AccessDenied" in denied["message"], denied
+    assert f"PutRecords on stream orders as role {role} failed: AccessDenied" in denied["message"], denied
     assert f"assumed-role/{role_name}/" in denied["message"], denied
     assert "kinesis:PutRecords" in denied["message"], denied
 
