@@ -41,7 +41,7 @@ endif
 
 say = @printf '==> %s\n' "$(1)"
 
-.PHONY: crds readme help deps build lint chart-lint toolchain test-rust test-e2e test-k8s images node test-node test bench bench-operator chart-docs demo clean distclean
+.PHONY: crds readme help deps build lint chart-lint toolchain test-rust test-e2e test-k8s images node test-node test bench bench-e2e bench-operator chart-docs demo clean distclean
 
 help: ## List the targets
 	@echo "kinesis-exporter targets:"
@@ -183,6 +183,16 @@ node: ## Build (once) and cache the real node's binaries and packages (tests/k8s
 test-node: deps images node ## The operator and exporters as real pods on a real node (tests/k8s/realnode)
 	$(call say,real-node end-to-end tests (pytest tests/k8s/realnode))
 	@$(VENV_PYTHON) -m pytest -q -p no:cacheprovider tests/k8s/realnode
+
+# kinesis-exporter and the OpenTelemetry Collector (built with ocb, cached) side by side on the
+# same OTLP load into the same checking Kinesis stand-in. Not part of `make test`.
+BENCH_E2E_ARGS ?=
+bench-e2e: deps ## Exporter vs the Collector's awskinesisexporter: CPU per span, latency, RSS (tests/bench_e2e.py)
+	$(call say,cargo build --release (kinesis-exporter, kinesis-bench))
+	@$(CARGO) build --release --locked -p kinesis-exporter -p kinesis-bench --bins
+	$(call say,the Collector (tests/k8s/tools.sh ensure_otelcol))
+	@otelcol="$$(bash tests/k8s/tools.sh ensure_otelcol)"; \
+	  $(VENV_PYTHON) tests/bench_e2e.py --otelcol "$$otelcol" $(BENCH_E2E_ARGS)
 
 # The operator at scale on the local control plane (kwok): 1000 KinesisExporters in 100
 # namespaces, every operator request counted from the audit log. Not part of `make test`.

@@ -14,6 +14,11 @@ use kinesis_exporter::server::{self, Listeners, ShutdownTimeouts};
 use kinesis_exporter::telemetry::{self, LogFormat};
 use kinesis_exporter::{aws, kpl};
 
+/// Every request is decoded, cut into per-trace records and encoded again: allocation-heavy
+/// work that glibc's allocator made a third of the CPU at full load (make bench-e2e, perf).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Receives OpenTelemetry data and writes it to Amazon Kinesis through a KPL-grade producer.
 #[derive(Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]

@@ -7,6 +7,8 @@
 #   source tests/k8s/tools.sh; ensure_helm_docs   sets HELM_DOCS (helm-docs: the chart README)
 #   source tests/k8s/tools.sh; ensure_prometheus  sets PROMETHEUS (runs the chart's dashboard
 #                                                 queries and alert rules in the tests)
+#   source tests/k8s/tools.sh; ensure_otelcol     sets OTELCOL (the Collector with the contrib
+#                                                 awskinesisexporter, built with ocb: make bench-e2e)
 #
 # Cache: ${KINESIS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kinesis-exporter/bin}
 # Needs: go (1.26+, as helm's go.mod asks) on PATH. Builds run under `nice -n 19` with
@@ -16,6 +18,8 @@ HELM_VERSION="${HELM_VERSION:-v3.22.0}"
 HELM_DOCS_VERSION="${HELM_DOCS_VERSION:-v1.14.2}"
 # The Go module's v0.X.Y is Prometheus 3.X.Y.
 PROMETHEUS_VERSION="${PROMETHEUS_VERSION:-v0.316.0}"
+# The newest awskinesisexporter the Go module proxy serves here; ocb and the core modules match.
+OTELCOL_VERSION="${OTELCOL_VERSION:-v0.161.0}"
 # Go build parallelism: 1 on a developer's machine, so builds leave the CPU to cargo and
 # tests; every core under CI, where nothing else runs.
 KEX_GO_PARALLELISM="${KEX_GO_PARALLELISM:-$([ "${CI:-}" = true ] && nproc || echo 1)}"
@@ -115,12 +119,54 @@ ensure_prometheus() {
   PROMETHEUS="$bin"
 }
 
+# ensure_otelcol: sets OTELCOL to ${KINESIS_TOOLS_DIR}/otelcol-kinesis-${OTELCOL_VERSION}: the
+# OpenTelemetry Collector Builder (ocb) of that release builds a Collector with the OTLP
+# receiver, the batch processor and the contrib awskinesisexporter.
+ensure_otelcol() {
+  local bin="$KINESIS_TOOLS_DIR/otelcol-kinesis-$OTELCOL_VERSION" start work
+  if [ -x "$bin" ] && "$bin" --version >/dev/null 2>&1; then
+    OTELCOL="$bin"
+    return 0
+  fi
+  _tools_need_go || return 1
+  mkdir -p "$KINESIS_TOOLS_DIR" || return 1
+  start=$(date +%s)
+  _tools_say "building the Collector $OTELCOL_VERSION with ocb (otlpreceiver, batchprocessor, awskinesisexporter; once; cached in $KINESIS_TOOLS_DIR; takes minutes on 2 cores)"
+  work="$(mktemp -d "$KINESIS_TOOLS_DIR/.build.XXXXXX")" || return 1
+  cat > "$work/manifest.yaml" <<MANIFEST
+dist:
+  name: otelcol-kinesis
+  description: OpenTelemetry Collector with the contrib Kinesis exporter (make bench-e2e)
+  output_path: $work/dist
+  version: ${OTELCOL_VERSION#v}
+receivers:
+  - gomod: go.opentelemetry.io/collector/receiver/otlpreceiver $OTELCOL_VERSION
+processors:
+  - gomod: go.opentelemetry.io/collector/processor/batchprocessor $OTELCOL_VERSION
+exporters:
+  - gomod: github.com/open-telemetry/opentelemetry-collector-contrib/exporter/awskinesisexporter $OTELCOL_VERSION
+MANIFEST
+  if ! GOBIN="$work/bin" GOFLAGS="-p=${KEX_GO_PARALLELISM} -buildvcs=false" \
+       nice -n 19 go install "go.opentelemetry.io/collector/cmd/builder@$OTELCOL_VERSION" \
+     || ! (cd "$work" && GOFLAGS="-p=${KEX_GO_PARALLELISM} -buildvcs=false" \
+           nice -n 19 ./bin/builder --config manifest.yaml >"$work/ocb.log" 2>&1); then
+    cat "$work/ocb.log" >&2 2>/dev/null
+    rm -rf "$work"
+    echo "error: building the Collector with ocb failed" >&2
+    return 1
+  fi
+  mv -f "$work/dist/otelcol-kinesis" "$bin" && rm -rf "$work"
+  _tools_say "built the Collector $OTELCOL_VERSION in $(( $(date +%s) - start ))s: $bin"
+  OTELCOL="$bin"
+}
+
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   set -euo pipefail
   case "${1:-}" in
     ensure_helm) ensure_helm; printf '%s\n' "$HELM" ;;
     ensure_helm_docs) ensure_helm_docs; printf '%s\n' "$HELM_DOCS" ;;
     ensure_prometheus) ensure_prometheus; printf '%s\n' "$PROMETHEUS" ;;
-    *) echo "usage: $0 ensure_helm|ensure_helm_docs|ensure_prometheus" >&2; exit 2 ;;
+    ensure_otelcol) ensure_otelcol; printf '%s\n' "$OTELCOL" ;;
+    *) echo "usage: $0 ensure_helm|ensure_helm_docs|ensure_prometheus|ensure_otelcol" >&2; exit 2 ;;
   esac
 fi

@@ -167,8 +167,18 @@ impl Ingress {
         // then queue anything: a request is admitted whole or refused whole, so a client's
         // retry of a refused request never duplicates part of it.
         let mut batches = Vec::with_capacity(routes.len());
+        // The decoded request is copied only for routes other than the last, which takes it:
+        // with one route (the usual case), no copy at all.
+        let last = routes.len() - 1;
+        let mut request = Some(request);
         for (i, route) in routes.iter().enumerate() {
-            let encoded = encode(request.clone(), &route.format);
+            let this = if i == last {
+                request.take()
+            } else {
+                request.clone()
+            }
+            .expect("taken on the last route only");
+            let encoded = encode(this, &route.format);
             if i == 0 {
                 self.metrics
                     .items_received
