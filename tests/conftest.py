@@ -173,6 +173,14 @@ class ChildProcess:
                 f"{self.name} exited {self.returncode} after SIGTERM; log:\n{self.logs()}"
         return self.returncode
 
+    def sigkill(self) -> None:
+        """SIGKILL now, as a kubelet does at the end of a grace period, or the OOM killer; the
+        process is then stopped for good (stop() asserts nothing more)."""
+        self.kill()
+        self.returncode = self.proc.returncode
+        if self._log:
+            self._log.close()
+
     def kill(self) -> None:
         """Last-resort cleanup (no assertion)."""
         if self.proc is not None and self.proc.poll() is None:

@@ -28,6 +28,7 @@ fn records(size: usize) -> Vec<UserRecord> {
             partition_key: keys[(i * 7919) % KEYS].clone(),
             explicit_hash_key: None,
             data: Bytes::from(vec![(i % 251) as u8; size]),
+            ack: None,
         })
         .collect()
 }

@@ -200,6 +200,7 @@ async fn put_from_stdin(
             partition_key: input.partition_key,
             explicit_hash_key,
             data: data.into(),
+            ack: None,
         };
         match handle.put(record).await {
             Ok(()) => {}

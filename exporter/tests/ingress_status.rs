@@ -651,3 +651,99 @@ async fn connections_past_the_limit_are_closed_and_the_others_served() {
     drop(open);
     running.stop().await;
 }
+
+// --------------------------------------------------------------------------- delivery: acknowledged
+
+fn denied(_: &[Entry]) -> Reply {
+    Reply::Error(400, "AccessDeniedException")
+}
+
+fn failing(_: &[Entry]) -> Reply {
+    Reply::Error(500, "InternalFailure")
+}
+
+#[tokio::test]
+async fn acknowledged_delivery_answers_once_the_records_are_stored() {
+    let running = Arc::new(Running::start(stores, "", "delivery: acknowledged").await);
+    running.standin.close_gate();
+    let call = tokio::spawn({
+        let running = running.clone();
+        async move {
+            running
+                .grpc(TRACES, trace_request("kept", 10).encode_to_vec())
+                .await
+        }
+    });
+    // Kinesis holds the PutRecords call; the client has no answer yet (buffered delivery
+    // would have answered before the call was even made).
+    running
+        .standin
+        .wait_for_concurrent(1, Duration::from_secs(10))
+        .await;
+    assert!(
+        !call.is_finished(),
+        "answered before the records were stored"
+    );
+    assert!(running.standin.stored().is_empty());
+    running.standin.open_gate();
+    let (status, message, payload) = call.await.unwrap();
+    assert_eq!(status, OK, "{message}");
+    let response = ExportTraceServiceResponse::decode(payload).unwrap();
+    assert_eq!(response.partial_success, None);
+    assert_eq!(
+        running.standin.stored().len(),
+        1,
+        "stored before the answer"
+    );
+}
+
+#[tokio::test]
+async fn acknowledged_delivery_reports_records_refused_for_good() {
+    let running = Running::start(denied, "", "delivery: acknowledged").await;
+    let (status, message, payload) = running
+        .grpc(TRACES, trace_request("refused", 10).encode_to_vec())
+        .await;
+    assert_eq!(status, OK, "{message}");
+    let partial = ExportTraceServiceResponse::decode(payload)
+        .unwrap()
+        .partial_success
+        .expect("a partial success");
+    assert_eq!(partial.rejected_spans, 1);
+    assert!(
+        partial.error_message.contains("not stored in Kinesis"),
+        "{partial:?}"
+    );
+    let http = running
+        .post(
+            "/v1/traces",
+            "application/x-protobuf",
+            trace_request("refused", 10).encode_to_vec(),
+        )
+        .await;
+    assert_eq!(http.status, 200);
+    let partial = ExportTraceServiceResponse::decode(http.body)
+        .unwrap()
+        .partial_success
+        .expect("a partial success");
+    assert_eq!(partial.rejected_spans, 1);
+}
+
+#[tokio::test]
+async fn acknowledged_delivery_asks_for_a_retry_when_retries_run_out() {
+    let running = Running::start(failing, "max_retries: 1", "delivery: acknowledged").await;
+    let (status, message, _) = running
+        .grpc(TRACES, trace_request("lost", 10).encode_to_vec())
+        .await;
+    assert_eq!(status, UNAVAILABLE, "{message}");
+    assert!(message.contains("retries_exhausted"), "{message}");
+    let http = running
+        .post(
+            "/v1/traces",
+            "application/x-protobuf",
+            trace_request("lost", 10).encode_to_vec(),
+        )
+        .await;
+    assert_eq!(http.status, 503);
+    assert!(http.retry_after.is_some());
+    assert!(running.standin.stored().is_empty());
+}

@@ -49,6 +49,10 @@ pub struct KinesisExporterSpec {
     /// Compression of each record's payload: none (default), gzip or zstd.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<Compression>,
+    /// When an OTLP request is answered: buffered (default), once its records are queued, or
+    /// acknowledged, once every record is stored in Kinesis.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<Delivery>,
     /// How records are keyed (and so spread over shards), per signal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition_key: Option<PartitionKeySpec>,
@@ -214,6 +218,13 @@ pub enum Compression {
     None,
     Gzip,
     Zstd,
+}
+
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    Buffered,
+    Acknowledged,
 }
 
 #[derive(

@@ -171,6 +171,8 @@ pub struct ExporterConfig {
     pub encoding: Encoding,
     /// Ours: compression of each user record's payload.
     pub compression: Compression,
+    /// Ours: whether a request is answered once buffered or once stored.
+    pub delivery: Delivery,
     /// Ours: how user records are keyed, per signal.
     pub partition_key: PartitionKeys,
     /// Ours: how long an OTLP request waits for room in a full backlog before it is answered
@@ -185,6 +187,17 @@ pub enum Compression {
     None,
     Gzip,
     Zstd,
+}
+
+/// When an OTLP request is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    /// Once its records are in the producer's backlog.
+    #[default]
+    Buffered,
+    /// Once every record is stored in Kinesis, or refused for good.
+    Acknowledged,
 }
 
 /// How a user record's partition key is chosen.

@@ -283,6 +283,21 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         group: Group::Exporter,
+        key: "delivery",
+        kind: Kind::OneOf {
+            default: "buffered",
+            values: &["buffered", "acknowledged"],
+        },
+        origin: Origin::Ours,
+        crd: Some("delivery"),
+        description: "When an OTLP request is answered: `buffered` once its records are in \
+                      the backlog; `acknowledged` once every record is stored in Kinesis (or \
+                      refused for good, reported in partial_success; a record given up on \
+                      after retries gets a retryable error), so a crash loses nothing a \
+                      client was told is kept. Costs the time to store: flush and linger.",
+    },
+    Setting {
+        group: Group::Exporter,
         key: "partition_key.traces",
         kind: Kind::Text {
             default: Some("trace_id"),

@@ -356,6 +356,10 @@ fn walk_exporter(path: &str, value: &Value, errors: &mut Vec<ConfigError>) -> Ex
         "zstd" => Compression::Zstd,
         _ => Compression::None,
     };
+    let delivery = match one_of(&mut section, "delivery", errors).as_str() {
+        "acknowledged" => Delivery::Acknowledged,
+        _ => Delivery::Buffered,
+    };
     let partition_key = walk_partition_keys(
         &format!("{path}.partition_key"),
         section.take("partition_key"),
@@ -372,6 +376,7 @@ fn walk_exporter(path: &str, value: &Value, errors: &mut Vec<ConfigError>) -> Ex
         kpl,
         encoding,
         compression,
+        delivery,
         partition_key,
         enqueue_timeout_seconds,
     }

@@ -28,6 +28,8 @@ pub struct RecordFormat {
 #[derive(Debug, Default)]
 pub struct Encoded {
     pub records: Vec<UserRecord>,
+    /// Items in each record, in the order of `records`.
+    pub record_items: Vec<u64>,
     /// Items (spans, data points, log records) in the request.
     pub items: u64,
     /// Items that can never fit in a Kinesis record, even alone.
@@ -56,6 +58,7 @@ pub(crate) fn fit<U: Unit>(
     let data = compress(unit.encode(format.encoding), format.compression);
     if data.len() + partition_key.len() <= format.max_record_bytes {
         out.records.push(UserRecord::new(partition_key, data));
+        out.record_items.push(unit.items());
         return;
     }
     let items = unit.items();

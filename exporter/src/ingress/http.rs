@@ -114,7 +114,9 @@ async fn handle<S: OtlpSignal>(
             };
             ([(header::CONTENT_TYPE, content_type(format))], body).into_response()
         }
-        Err(e @ (ExportError::Busy(_) | ExportError::ShuttingDown)) => {
+        Err(
+            e @ (ExportError::Busy(_) | ExportError::ShuttingDown | ExportError::NotStored { .. }),
+        ) => {
             ingress.metrics.request(signal, "http", "unavailable");
             let mut response = error(format, StatusCode::SERVICE_UNAVAILABLE, e.to_string());
             response.headers_mut().insert(

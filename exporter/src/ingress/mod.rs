@@ -14,8 +14,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 
-use crate::config::Signal;
+use crate::config::{Delivery, Signal};
 use crate::encoding::{Encoded, RecordFormat};
+use crate::kpl::ack::{Outcome, Receipt};
 use crate::kpl::{ProducerHandle, PutError};
 
 /// One exporter a signal is routed to.
@@ -26,6 +27,8 @@ pub struct Route {
     pub format: RecordFormat,
     /// How long a request waits for backlog room before it is answered "retry later".
     pub enqueue_timeout: Duration,
+    /// Whether the answer waits until the records are stored.
+    pub delivery: Delivery,
 }
 
 /// Why a request was not (entirely) taken.
@@ -37,6 +40,9 @@ pub enum ExportError {
     Busy(String),
     #[error("the exporter is shutting down")]
     ShuttingDown,
+    /// Acknowledged delivery: records were given up on for a reason that may pass.
+    #[error("{items} items were not stored ({reason}); retry later")]
+    NotStored { items: u64, reason: String },
     /// The request makes more records than the exporter's whole backlog: it can never be
     /// admitted whole (raise kpl.backlog_count, or send smaller requests).
     #[error(
@@ -167,6 +173,7 @@ impl Ingress {
         // then queue anything: a request is admitted whole or refused whole, so a client's
         // retry of a refused request never duplicates part of it.
         let mut batches = Vec::with_capacity(routes.len());
+        let receipt = Receipt::default();
         // The decoded request is copied only for routes other than the last, which takes it:
         // with one route (the usual case), no copy at all.
         let last = routes.len() - 1;
@@ -200,7 +207,16 @@ impl Ingress {
                 accepted.rejected = accepted.rejected.max(encoded.rejected);
                 accepted.message = encoded.rejection.clone();
             }
-            batches.push(route.producer.without_invalid(encoded.records));
+            let mut records = Vec::with_capacity(encoded.records.len());
+            for (mut record, items) in encoded.records.into_iter().zip(encoded.record_items) {
+                if route.producer.accepts(&record) {
+                    if route.delivery == Delivery::Acknowledged {
+                        record.ack = Some(receipt.ack(items));
+                    }
+                    records.push(record);
+                }
+            }
+            batches.push(records);
         }
         let deadline = routes
             .iter()
@@ -225,6 +241,20 @@ impl Ingress {
         }
         for (room, records) in reserved.into_iter().zip(batches) {
             room.admit(records);
+        }
+        // Acknowledged delivery: answer once every record is stored or given up on. A refused
+        // request drops its acks with its records above, which settles nothing anyone awaits.
+        if routes.iter().any(|r| r.delivery == Delivery::Acknowledged) {
+            match receipt.settled().await {
+                Outcome::Stored => {}
+                Outcome::Refused { items, reason } => {
+                    accepted.rejected += items;
+                    accepted.message = Some(format!("not stored in Kinesis: {reason}"));
+                }
+                Outcome::Retry { items, reason } => {
+                    return Err(ExportError::NotStored { items, reason });
+                }
+            }
         }
         Ok(accepted)
     }
@@ -253,6 +283,7 @@ pub fn routes(
                     },
                     producer: producers[&id].clone(),
                     enqueue_timeout: Duration::from_secs(exporter.enqueue_timeout_seconds),
+                    delivery: exporter.delivery,
                     exporter: id,
                 }
             })

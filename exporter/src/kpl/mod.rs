@@ -3,6 +3,7 @@
 //! record -> aggregator (per predicted shard) -> batcher -> sender (bounded concurrency,
 //! retries with backoff) -> [`client::KinesisApi`].
 
+pub mod ack;
 pub mod aggregator;
 mod backoff;
 pub mod batcher;

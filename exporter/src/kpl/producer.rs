@@ -159,10 +159,12 @@ impl ProducerHandle {
 
     /// Takes out the records Kinesis could never take (each counted and logged as a drop).
     pub fn without_invalid(&self, records: Vec<UserRecord>) -> Vec<UserRecord> {
-        records
-            .into_iter()
-            .filter(|r| self.refuse_invalid(r).is_ok())
-            .collect()
+        records.into_iter().filter(|r| self.accepts(r)).collect()
+    }
+
+    /// Whether Kinesis could take `record`; a refusal is counted and logged as a drop.
+    pub fn accepts(&self, record: &UserRecord) -> bool {
+        self.refuse_invalid(record).is_ok()
     }
 
     /// Refuses a record Kinesis could never take; that refusal is counted as a drop.
@@ -382,6 +384,8 @@ impl Pipeline {
             || !Aggregator::fits_alone(self.limits, &record);
         if raw {
             if record.data.len() + record.partition_key.len() > self.config.max_record_bytes() {
+                let mut record = record;
+                record.settle_dropped(DROP_RECORD_TOO_LARGE, true);
                 self.metrics.drop_records(DROP_RECORD_TOO_LARGE, 1);
                 tracing::error!(
                     reason = DROP_RECORD_TOO_LARGE,
@@ -505,6 +509,9 @@ impl Pipeline {
                 &record.partition_key,
                 kept.len(),
             );
+            for mut user_record in kept {
+                user_record.settle_stored();
+            }
             self.metrics.wrong_shard_resends.inc_by(resend.len() as u64);
             for r in resend {
                 self.add(r).await;

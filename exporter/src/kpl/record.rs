@@ -3,19 +3,45 @@
 use bytes::Bytes;
 use md5::{Digest, Md5};
 
+use super::ack::Ack;
 use super::limits::MAX_RECORD_BYTES;
 
 /// Kinesis partition keys are 1 to 256 Unicode characters.
 pub const MAX_PARTITION_KEY_CHARS: usize = 256;
 
 /// One record as a user hands it to the producer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct UserRecord {
     pub partition_key: String,
     /// Routes the record instead of the partition key's hash when set.
     pub explicit_hash_key: Option<u128>,
     pub data: Bytes,
+    /// Settled when the record is stored or given up on, for a caller that waits for that.
+    pub ack: Option<Ack>,
 }
+
+/// A copy carries no acknowledgement: only the record the caller handed over settles it.
+impl Clone for UserRecord {
+    fn clone(&self) -> Self {
+        UserRecord {
+            partition_key: self.partition_key.clone(),
+            explicit_hash_key: self.explicit_hash_key,
+            data: self.data.clone(),
+            ack: None,
+        }
+    }
+}
+
+/// Records are equal when Kinesis would store the same thing.
+impl PartialEq for UserRecord {
+    fn eq(&self, other: &Self) -> bool {
+        self.partition_key == other.partition_key
+            && self.explicit_hash_key == other.explicit_hash_key
+            && self.data == other.data
+    }
+}
+
+impl Eq for UserRecord {}
 
 impl UserRecord {
     pub fn new(partition_key: impl Into<String>, data: impl Into<Bytes>) -> Self {
@@ -23,6 +49,21 @@ impl UserRecord {
             partition_key: partition_key.into(),
             explicit_hash_key: None,
             data: data.into(),
+            ack: None,
+        }
+    }
+
+    /// Settles the record's acknowledgement, if it has one: stored.
+    pub fn settle_stored(&mut self) {
+        if let Some(ack) = self.ack.take() {
+            ack.stored();
+        }
+    }
+
+    /// Settles the record's acknowledgement, if it has one: given up on.
+    pub fn settle_dropped(&mut self, reason: &str, permanent: bool) {
+        if let Some(ack) = self.ack.take() {
+            ack.dropped(reason, permanent);
         }
     }
 

@@ -98,7 +98,7 @@ pub(super) async fn send_batch(
                     DROP_PERMANENT_ERROR,
                     &error.code,
                     &error.message,
-                    &pending,
+                    std::mem::take(&mut pending),
                 );
                 return outcome;
             }
@@ -116,7 +116,7 @@ pub(super) async fn send_batch(
                             if wrong {
                                 outcome.wrong_shard.push((shard_id, record));
                             } else {
-                                count_delivered(metrics, &record);
+                                delivered(metrics, record);
                             }
                         }
                         EntryResult::Failed {
@@ -130,7 +130,7 @@ pub(super) async fn send_batch(
                                 DROP_PERMANENT_ERROR,
                                 &code,
                                 &message,
-                                std::slice::from_ref(&record),
+                                vec![record],
                             );
                         }
                         EntryResult::Failed { code, .. } => {
@@ -158,7 +158,7 @@ pub(super) async fn send_batch(
                 DROP_RETRIES_EXHAUSTED,
                 &last_code,
                 &format!("still failing after {} attempts", ctx.max_retries + 1),
-                &records,
+                records,
             );
             return outcome;
         }
@@ -189,13 +189,17 @@ fn count_call(metrics: &ProducerMetrics, result: &'static str) {
         .inc();
 }
 
-fn count_delivered(metrics: &ProducerMetrics, record: &KinesisRecord) {
+/// Counts a stored record and settles the acknowledgements of the user records inside.
+fn delivered(metrics: &ProducerMetrics, record: KinesisRecord) {
     count_stored(
         metrics,
         &record.data,
         &record.partition_key,
         record.user_records.len(),
     );
+    for mut user_record in record.user_records {
+        user_record.settle_stored();
+    }
 }
 
 /// Counts one Kinesis record stored, carrying `user_records` user records that need no resend.
@@ -216,12 +220,13 @@ pub(super) fn count_stored(
     metrics.health.delivered();
 }
 
+/// Counts, logs and settles user records given up on.
 fn drop_records(
     metrics: &ProducerMetrics,
     reason: &str,
     code: &str,
     message: &str,
-    records: &[KinesisRecord],
+    records: Vec<KinesisRecord>,
 ) {
     let user_records: usize = records.iter().map(|r| r.user_records.len()).sum();
     metrics.drop_records(reason, user_records);
@@ -233,4 +238,8 @@ fn drop_records(
         user_records,
         "dropping records"
     );
+    let permanent = reason == DROP_PERMANENT_ERROR;
+    for mut user_record in records.into_iter().flat_map(|r| r.user_records) {
+        user_record.settle_dropped(reason, permanent);
+    }
 }

@@ -7,7 +7,7 @@ use kinesis_exporter_config as exporter;
 use kinesis_exporter_config::settings::{self, Group};
 
 use super::{GRPC_PORT, HTTP_PORT, METRICS_PORT};
-use crate::crd::{Compression, Encoding, KinesisExporterSpec, Signal};
+use crate::crd::{Compression, Delivery, Encoding, KinesisExporterSpec, Signal};
 
 /// The exporter instance id in rendered configurations.
 const EXPORTER_ID: &str = "kinesis";
@@ -53,6 +53,10 @@ fn exporter_config(spec: &KinesisExporterSpec) -> exporter::Config {
             Some(Compression::Gzip) => exporter::Compression::Gzip,
             Some(Compression::Zstd) => exporter::Compression::Zstd,
             _ => exporter::Compression::None,
+        },
+        delivery: match spec.delivery {
+            Some(Delivery::Acknowledged) => exporter::Delivery::Acknowledged,
+            _ => exporter::Delivery::Buffered,
         },
         partition_key,
         enqueue_timeout_seconds: settings::range(Group::Exporter, "enqueue_timeout_seconds").0,

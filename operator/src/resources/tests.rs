@@ -60,7 +60,7 @@ fn the_rendered_configuration_loads_in_the_exporter_with_every_value() {
         "kpl": {"aggregateBatchCount": 10, "aggregateBatchSize": 1000, "batchSize": 100000,
                 "batchCount": 200, "backlogCount": 50, "flushIntervalSeconds": 2,
                 "maxConnections": 3, "maxRetries": 4, "maxBackoffSeconds": 7},
-        "encoding": "otlp_json", "compression": "gzip",
+        "encoding": "otlp_json", "compression": "gzip", "delivery": "acknowledged",
         "partitionKey": {"traces": "service.name", "logs": "trace_id"},
         "signals": ["traces", "logs"],
     }));
@@ -98,6 +98,7 @@ fn the_rendered_configuration_loads_in_the_exporter_with_every_value() {
     );
     assert_eq!(e.encoding, exporter::Encoding::OtlpJson);
     assert_eq!(e.compression, exporter::Compression::Gzip);
+    assert_eq!(e.delivery, exporter::Delivery::Acknowledged);
     assert_eq!(
         e.partition_key.traces,
         exporter::PartitionKey::Attribute("service.name".into())

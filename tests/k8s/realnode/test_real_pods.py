@@ -24,6 +24,7 @@ import boto3
 
 from conftest import create_stream, moto_iam_admin, start_recording, stop_recording, sts_calls
 from otlp_helpers import read_signal, send_traces, spans_of
+from span_load import HEADER, SpanLoad
 
 from ..k8s_helpers import (
     WRITE_VERBS,
@@ -39,7 +40,6 @@ from ..k8s_helpers import (
     wait_ready,
 )
 from .conftest import BridgePeers
-from .load import HEADER, SpanLoad
 from .platform import (
     EXPORTER_IMAGE,
     NODE_SH,

@@ -20,6 +20,7 @@ fn record(key: &str, ehk: Option<u128>, data: &[u8]) -> UserRecord {
         partition_key: key.into(),
         explicit_hash_key: ehk,
         data: Bytes::copy_from_slice(data),
+        ack: None,
     }
 }
 
@@ -144,6 +145,7 @@ fn arb_record() -> impl Strategy<Value = UserRecord> {
             partition_key: key,
             explicit_hash_key: ehk,
             data: Bytes::from(vec![0xAB; len]),
+            ack: None,
         })
 }
 

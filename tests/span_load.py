@@ -1,5 +1,6 @@
-"""Continuous OTLP load for the rollout tests: a client that retries as the OpenTelemetry SDK
-does (it *is* the SDK's gRPC span exporter), and a ledger of what the server acknowledged.
+"""Continuous OTLP load for the rollout and delivery tests: a client that retries as the
+OpenTelemetry SDK does (it *is* the SDK's gRPC span exporter), and a ledger of what the server
+acknowledged.
 
 Every span has a unique name, so what reached the stream can be compared span by span with
 what the client was told was accepted: lost = acknowledged and never stored; duplicated =
@@ -50,11 +51,13 @@ class SpanLoad:
     """Sends ``batch`` spans every ``interval`` seconds to ``target`` (host:port, OTLP/gRPC)
     from a background thread until ``stop()``; records which span names were acknowledged."""
 
-    def __init__(self, target: str, scenario: str, batch: int = 50, interval: float = 0.05):
+    def __init__(self, target: str, scenario: str, batch: int = 50, interval: float = 0.05,
+                 timeout: float = 60):
         self.scenario = scenario
         self.batch = batch
         self.interval = interval
-        self.exporter = OTLPSpanExporter(endpoint=f"http://{target}", insecure=True, timeout=60)
+        # ``timeout``: how long the SDK keeps retrying one export before it gives up.
+        self.exporter = OTLPSpanExporter(endpoint=f"http://{target}", insecure=True, timeout=timeout)
         self.collector = _Collect()
         provider = TracerProvider(resource=Resource.create({"service.name": f"rollout-{scenario}"}))
         provider.add_span_processor(self.collector)
