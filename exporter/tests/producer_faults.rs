@@ -296,12 +296,15 @@ async fn max_connections_is_reached_and_never_exceeded() {
 async fn back_pressure_reaches_the_caller_when_the_backlog_is_full() {
     let standin = StandIn::start(|_, entries| Reply::Entries(vec![None; entries.len()])).await;
     standin.close_gate();
-    let config = producer_config(|kpl| {
+    let mut config = producer_config(|kpl| {
         unaggregated(kpl);
         kpl.batch_count = 1;
         kpl.max_connections = 1;
         kpl.backlog_count = 5;
     });
+    // The held call must stay held: a timed-out attempt that Kinesis then stores anyway would
+    // be stored twice once retried (at least once), which is not what this test is about.
+    config.request_timeout = Duration::from_secs(30);
     let (producer, handle, _metrics) = start(&standin, config).await;
     let mut accepted = 0;
     for i in 0..100 {
@@ -493,4 +496,212 @@ async fn without_a_shard_map_aggregates_never_mix_partition_keys() {
         got += subs.len();
     }
     assert_eq!(got, 300);
+}
+
+/// Waits until `condition` holds, looking every few milliseconds, for 10 s at most.
+async fn until(what: &str, mut condition: impl FnMut() -> bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !condition() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+/// Every user record's data in what the stand-in stored, with the shard each copy landed on.
+fn stored_data(standin: &StandIn) -> Vec<(Vec<u8>, Option<String>, String)> {
+    standin
+        .stored()
+        .into_iter()
+        .flat_map(|entry| match deaggregate(&entry.data) {
+            Ok(subs) => subs
+                .into_iter()
+                .map(|(pk, _, data)| (data.to_vec(), entry.explicit_hash_key.clone(), pk))
+                .collect(),
+            Err(_) => vec![(entry.data, entry.explicit_hash_key, entry.partition_key)],
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_slow_shard_map_read_never_holds_the_producer() {
+    const MID: u128 = u128::MAX / 2;
+    let standin = StandIn::start(|_, entries| Reply::Entries(vec![None; entries.len()])).await;
+    standin.set_shards(vec![
+        ("shardId-0", 0, MID),
+        ("shardId-1", MID + 1, u128::MAX),
+    ]);
+    let mut config = producer_config(|kpl| {
+        kpl.linger_ms = 20;
+        kpl.flush_interval_seconds = 1;
+    });
+    // A held ListShards must stay held, not time out.
+    config.request_timeout = Duration::from_secs(30);
+    let (producer, handle, metrics) = start(&standin, config).await;
+    let map_reads = |result: &'static str| {
+        metrics
+            .shard_map_refreshes
+            .get_or_create(&kinesis_exporter::kpl::metrics::ResultLabel { result })
+            .get()
+    };
+    until("the first read of the shard map", || map_reads("ok") == 1).await;
+    // The first aggregates land "wrong", and the refresh that follows is held by Kinesis.
+    standin.hold_list_shards();
+    standin.misroute_next_aggregates_to("shardId-1");
+    let first: Vec<_> = (0..100)
+        .map(|i| UserRecord::new(format!("key-{}", i % 20), format!("first-{i}").into_bytes()))
+        .collect();
+    for r in &first {
+        handle.put(r.clone()).await.unwrap();
+    }
+    standin
+        .wait_for_list_shards_calls(2, Duration::from_secs(10))
+        .await;
+    // While the read is held, later records still flow: the producer does not wait for it.
+    let later: Vec<_> = (0..100)
+        .map(|i| UserRecord::new(format!("key-{}", i % 20), format!("later-{i}").into_bytes()))
+        .collect();
+    for r in &later {
+        handle.put(r.clone()).await.unwrap();
+    }
+    until("the later records stored while ListShards is held", || {
+        let stored: Vec<_> = stored_data(&standin)
+            .into_iter()
+            .map(|(d, _, _)| d)
+            .collect();
+        later.iter().all(|r| stored.contains(&r.data.to_vec()))
+    })
+    .await;
+    assert_eq!(
+        metrics.wrong_shard_resends.get(),
+        0,
+        "decided only once the map is read"
+    );
+    standin.release_list_shards();
+    drop(handle);
+    producer.shutdown(Duration::from_secs(10)).await;
+    let on_shard_0 = first
+        .iter()
+        .filter(|r| partition_key_hash(&r.partition_key) <= MID)
+        .count();
+    assert_eq!(metrics.wrong_shard_resends.get(), on_shard_0 as u64);
+    assert_eq!(metrics.user_records_delivered.get(), 200);
+    assert_eq!(metrics.dropped_total(), 0);
+}
+
+#[tokio::test]
+async fn a_paged_list_shards_gives_the_whole_map() {
+    let standin = StandIn::start(|_, entries| Reply::Entries(vec![None; entries.len()])).await;
+    let fifth = u128::MAX / 5;
+    let shards: Vec<(String, u128, u128)> = (0..5u128)
+        .map(|i| {
+            let end = if i == 4 {
+                u128::MAX
+            } else {
+                fifth * (i + 1) - 1
+            };
+            (format!("shardId-{i}"), fifth * i, end)
+        })
+        .collect();
+    standin.set_shards(
+        shards
+            .iter()
+            .map(|(id, s, e)| (id.as_str(), *s, *e))
+            .collect(),
+    );
+    standin.page_list_shards(2);
+    let (producer, handle, metrics) = start(&standin, producer_config(|_| {})).await;
+    for i in 0..500 {
+        let r = UserRecord::new(
+            format!("key-{}", i % 100),
+            format!("record-{i}").into_bytes(),
+        );
+        handle.put(r).await.unwrap();
+    }
+    drop(handle);
+    producer.shutdown(Duration::from_secs(10)).await;
+
+    assert_eq!(standin.list_shards_calls(), 3, "5 shards, 2 per page");
+    assert_eq!(metrics.wrong_shard_resends.get(), 0);
+    assert_eq!(metrics.user_records_delivered.get(), 500);
+    // One aggregate per shard, each routed to the start of its shard and holding only that
+    // shard's records: the map had all five.
+    let stored = standin.stored();
+    let mut starts: Vec<u128> = stored
+        .iter()
+        .map(|e| e.explicit_hash_key.as_deref().unwrap().parse().unwrap())
+        .collect();
+    starts.sort();
+    starts.dedup();
+    assert_eq!(
+        starts,
+        shards.iter().map(|(_, s, _)| *s).collect::<Vec<_>>()
+    );
+    for (data, ehk, pk) in stored_data(&standin) {
+        let start: u128 = ehk.unwrap().parse().unwrap();
+        let (_, s, e) = shards.iter().find(|(_, s, _)| *s == start).unwrap();
+        let hash = partition_key_hash(&pk);
+        assert!(*s <= hash && hash <= *e, "{:?} outside its shard", data);
+    }
+}
+
+#[tokio::test]
+async fn several_misrouted_batches_in_flight_are_all_settled() {
+    const MID: u128 = u128::MAX / 2;
+    let standin = StandIn::start(|_, entries| Reply::Entries(vec![None; entries.len()])).await;
+    standin.set_shards(vec![
+        ("shardId-0", 0, MID),
+        ("shardId-1", MID + 1, u128::MAX),
+    ]);
+    let config = producer_config(|kpl| {
+        kpl.aggregate_batch_count = 10;
+        kpl.batch_count = 2;
+        kpl.max_connections = 4;
+    });
+    let (producer, handle, metrics) = start(&standin, config).await;
+    standin.misroute_aggregates_to("shardId-1", 4);
+    standin.close_gate();
+    let records: Vec<_> = (0..160)
+        .map(|i| {
+            UserRecord::new(
+                format!("key-{}", i % 16),
+                format!("record-{i}").into_bytes(),
+            )
+        })
+        .collect();
+    let putter = tokio::spawn({
+        let records = records.clone();
+        async move {
+            for r in records {
+                handle.put(r).await.unwrap();
+            }
+        }
+    });
+    // Four PutRecords calls held at once, all to be answered "landed on shardId-1".
+    standin
+        .wait_for_concurrent(4, Duration::from_secs(10))
+        .await;
+    standin.open_gate();
+    putter.await.unwrap();
+    producer.shutdown(Duration::from_secs(10)).await;
+
+    assert_eq!(metrics.user_records_delivered.get(), 160);
+    assert_eq!(metrics.dropped_total(), 0);
+    assert!(metrics.wrong_shard_resends.get() > 0);
+    // Every record is stored at least once as its shard's own (routed into its range).
+    let stored = stored_data(&standin);
+    for r in &records {
+        let own_shard_start = if partition_key_hash(&r.partition_key) <= MID {
+            0
+        } else {
+            MID + 1
+        };
+        assert!(
+            stored.iter().any(|(d, ehk, _)| *d == r.data.to_vec()
+                && ehk.as_deref() == Some(own_shard_start.to_string().as_str())),
+            "{} never stored on its own shard",
+            r.partition_key
+        );
+    }
 }

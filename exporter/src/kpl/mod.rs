@@ -13,6 +13,7 @@ pub mod limits;
 pub mod metrics;
 mod producer;
 pub mod record;
+mod refresher;
 mod sender;
 pub mod shard_map;
 

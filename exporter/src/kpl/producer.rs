@@ -11,15 +11,14 @@ use std::time::Duration;
 use rustc_hash::FxHashMap;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 
 use super::aggregator::{AggregateLimits, Aggregator};
 use super::batcher::{Batch, Batcher};
 use super::client::KinesisApi;
-use super::health::Operation;
 use super::limits::MAX_RECORD_BYTES;
-use super::metrics::{ProducerMetrics, ResultLabel};
+use super::metrics::ProducerMetrics;
 use super::record::{InvalidRecord, KinesisRecord, UserRecord};
+use super::refresher::Refresher;
 use super::sender::{SendContext, SendOutcome, count_stored, send_batch};
 use super::shard_map::ShardMap;
 
@@ -295,12 +294,14 @@ enum AggregateKey {
 struct Pipeline {
     config: ProducerConfig,
     limits: AggregateLimits,
-    client: Arc<dyn KinesisApi>,
     metrics: Arc<ProducerMetrics>,
     send: Arc<SendContext>,
     shard_map: Option<Arc<ShardMap>>,
-    next_refresh: Instant,
-    refresh_delay: Duration,
+    /// Reads the shard map in the background.
+    refresher: Refresher,
+    /// Aggregates stored on another shard than predicted, with the shard they landed on,
+    /// waiting for the next read of the map to decide which of their records to send again.
+    misplaced: Vec<(String, KinesisRecord)>,
     aggregators: FxHashMap<AggregateKey, Aggregator>,
     batcher: Batcher,
     ready: Vec<Batch>,
@@ -323,17 +324,22 @@ impl Pipeline {
             max_backoff: config.max_backoff,
             request_timeout: config.request_timeout,
         });
+        let refresher = Refresher::start(
+            client,
+            config.stream_name.clone(),
+            metrics.clone(),
+            config.shard_map_refresh_interval,
+        );
         Pipeline {
             limits: config.aggregate_limits(),
             batcher: Batcher::new(config.records_per_request, config.request_max_bytes),
             connections: Arc::new(Semaphore::new(config.max_connections)),
-            refresh_delay: config.shard_map_refresh_interval,
-            next_refresh: Instant::now(),
             config,
-            client,
             metrics,
             send,
             shard_map: None,
+            refresher,
+            misplaced: Vec::new(),
             aggregators: FxHashMap::default(),
             ready: Vec::new(),
             jobs: JoinSet::new(),
@@ -341,7 +347,11 @@ impl Pipeline {
     }
 
     async fn run(mut self, mut rx: mpsc::Receiver<UserRecord>, mut stop: oneshot::Receiver<()>) {
-        self.refresh_shard_map().await;
+        // The first read is awaited (records queue meanwhile), so that aggregation starts
+        // shard-aware when the map can be read at all; later reads never hold the producer.
+        if self.refresher.feed.changed().await.is_ok() {
+            self.map_read().await;
+        }
         let mut ticker = tokio::time::interval(self.config.flush_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
@@ -355,13 +365,9 @@ impl Pipeline {
                     }
                     None => break,
                 },
-                _ = ticker.tick() => {
-                    if self.shard_map.is_none() && Instant::now() >= self.next_refresh {
-                        self.refresh_shard_map().await;
-                    }
-                    self.flush().await;
-                }
+                _ = ticker.tick() => self.flush().await,
                 Some(done) = self.jobs.join_next() => self.settle(done).await,
+                Ok(()) = self.refresher.feed.changed() => self.map_read().await,
             }
         }
         // Shutdown: take what callers already handed over, flush it, and wait for every send.
@@ -371,8 +377,17 @@ impl Pipeline {
         }
         self.metrics.backlog.set(0);
         self.flush().await;
-        while let Some(done) = self.jobs.join_next().await {
-            self.settle(done).await;
+        while !self.jobs.is_empty() || !self.misplaced.is_empty() {
+            tokio::select! {
+                Some(done) = self.jobs.join_next() => self.settle(done).await,
+                read = self.refresher.feed.changed(), if !self.misplaced.is_empty() => {
+                    if read.is_err() {
+                        // No reader any more: decide with the map at hand.
+                        self.resend_misplaced().await;
+                    }
+                    self.map_read().await;
+                }
+            }
             self.flush().await;
         }
     }
@@ -475,7 +490,8 @@ impl Pipeline {
     }
 
     /// Acts on a finished send: aggregates that landed on an unexpected shard mean the map is
-    /// stale; the user records that may now sit outside their shard's range are sent again.
+    /// stale. They wait for the next read of the map, which is asked for; the producer goes on
+    /// meanwhile.
     async fn settle(&mut self, done: Result<SendOutcome, tokio::task::JoinError>) {
         let outcome = match done {
             Ok(outcome) => outcome,
@@ -485,10 +501,30 @@ impl Pipeline {
         if outcome.wrong_shard.is_empty() {
             return;
         }
-        self.next_refresh = self.next_refresh.max(Instant::now());
-        tokio::time::sleep_until(self.next_refresh).await;
-        self.refresh_shard_map().await;
-        for (shard_id, record) in outcome.wrong_shard {
+        self.misplaced.extend(outcome.wrong_shard);
+        self.refresher.request();
+    }
+
+    /// A read of the shard map finished: take the new map, if any, then settle the misplaced
+    /// aggregates with the map at hand.
+    async fn map_read(&mut self) {
+        let map = self.refresher.feed.borrow_and_update().map.clone();
+        let changed = match (&map, &self.shard_map) {
+            (Some(new), Some(old)) => !Arc::ptr_eq(new, old),
+            (new, old) => new.is_some() != old.is_some(),
+        };
+        if changed {
+            // Aggregates keyed by the old map's shard indexes must not outlive it.
+            self.finish_aggregates().await;
+            self.shard_map = map;
+        }
+        self.resend_misplaced().await;
+    }
+
+    /// The user records of misplaced aggregates that lie outside the shard they landed on are
+    /// sent again; the others are stored where they are.
+    async fn resend_misplaced(&mut self) {
+        for (shard_id, record) in std::mem::take(&mut self.misplaced) {
             let landed = self
                 .shard_map
                 .as_ref()
@@ -517,52 +553,6 @@ impl Pipeline {
                 self.add(r).await;
             }
         }
-    }
-
-    /// Reads the open shards. On failure keeps the current map, or stays in safe mode, and
-    /// waits longer before the next try.
-    async fn refresh_shard_map(&mut self) {
-        let result = self.client.list_shards(&self.config.stream_name).await;
-        match &result {
-            Ok(_) => self.metrics.health.succeeded(),
-            Err(e) => {
-                self.metrics
-                    .health
-                    .failed(Operation::ListShards, &e.code, &e.message, e.retryable)
-            }
-        }
-        let map = result.map_err(|e| e.to_string()).and_then(ShardMap::new);
-        match map {
-            Ok(map) => {
-                tracing::info!(shards = map.len(), stream = %self.config.stream_name, "shard map loaded");
-                self.metrics
-                    .shard_map_refreshes
-                    .get_or_create(&ResultLabel { result: "ok" })
-                    .inc();
-                // Aggregates keyed by the old map's shard indexes must not outlive it.
-                self.finish_aggregates().await;
-                self.shard_map = Some(Arc::new(map));
-                self.refresh_delay = self.config.shard_map_refresh_interval;
-            }
-            Err(error) => {
-                self.metrics
-                    .shard_map_refreshes
-                    .get_or_create(&ResultLabel { result: "error" })
-                    .inc();
-                self.refresh_delay = (self.refresh_delay * 2).min(Duration::from_secs(300));
-                if self.shard_map.is_none() {
-                    tracing::warn!(
-                        %error,
-                        retry_in = ?self.refresh_delay,
-                        "cannot read the shard map; aggregating one partition key per record \
-                         (safe for KCL consumers, less compact)"
-                    );
-                } else {
-                    tracing::warn!(%error, "cannot refresh the shard map; keeping the old one");
-                }
-            }
-        }
-        self.next_refresh = Instant::now() + self.refresh_delay;
     }
 
     /// Closes every open aggregate and hands it to the batcher.

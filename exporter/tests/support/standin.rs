@@ -42,8 +42,14 @@ pub struct StandIn {
 struct State {
     script: Mutex<Script>,
     shards: Mutex<Vec<(String, u128, u128)>>,
-    /// Shard id to report for stored aggregates, overriding the range lookup (resharding tests).
-    misroute_to: Mutex<Option<String>>,
+    /// Shard id to report for stored aggregates, overriding the range lookup (resharding
+    /// tests), and for how many more PutRecords calls.
+    misroute_to: Mutex<Option<(String, usize)>>,
+    /// Shards per ListShards page (0: all in one).
+    list_shards_page: AtomicUsize,
+    /// While closed, ListShards calls wait here.
+    list_shards_open: Mutex<bool>,
+    list_shards_gate: Notify,
     calls: Mutex<Vec<Vec<Entry>>>,
     stored: Mutex<Vec<Entry>>,
     list_shards_calls: AtomicUsize,
@@ -63,6 +69,9 @@ impl StandIn {
             script: Mutex::new(Box::new(script)),
             shards: Mutex::new(vec![("shardId-000000000000".into(), 0, u128::MAX)]),
             misroute_to: Mutex::new(None),
+            list_shards_page: AtomicUsize::new(0),
+            list_shards_open: Mutex::new(true),
+            list_shards_gate: Notify::new(),
             calls: Mutex::default(),
             stored: Mutex::default(),
             list_shards_calls: AtomicUsize::new(0),
@@ -95,7 +104,27 @@ impl StandIn {
 
     /// The next PutRecords call reports every aggregate it stores as landed on `shard`.
     pub fn misroute_next_aggregates_to(&self, shard: &str) {
-        *self.state.misroute_to.lock().unwrap() = Some(shard.to_string());
+        self.misroute_aggregates_to(shard, 1);
+    }
+
+    /// The next `calls` PutRecords calls report every aggregate they store as landed on `shard`.
+    pub fn misroute_aggregates_to(&self, shard: &str, calls: usize) {
+        *self.state.misroute_to.lock().unwrap() = Some((shard.to_string(), calls));
+    }
+
+    /// ListShards answers `page` shards at a time, with a NextToken for the rest.
+    pub fn page_list_shards(&self, page: usize) {
+        self.state.list_shards_page.store(page, Ordering::SeqCst);
+    }
+
+    /// Holds every ListShards call until [`StandIn::release_list_shards`].
+    pub fn hold_list_shards(&self) {
+        *self.state.list_shards_open.lock().unwrap() = false;
+    }
+
+    pub fn release_list_shards(&self) {
+        *self.state.list_shards_open.lock().unwrap() = true;
+        self.state.list_shards_gate.notify_waiters();
     }
 
     /// Answers ListShards with AccessDeniedException, as for a role without that permission.
@@ -134,6 +163,21 @@ impl StandIn {
     }
 
     /// Waits until `n` PutRecords calls are held concurrently (or panics after `limit`).
+    /// Waits until `n` ListShards calls have arrived (or panics after `limit`).
+    pub async fn wait_for_list_shards_calls(&self, n: usize, limit: Duration) {
+        tokio::time::timeout(limit, async {
+            loop {
+                let notified = self.state.arrived.notified();
+                if self.list_shards_calls() >= n {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("never saw {n} ListShards calls"));
+    }
+
     pub async fn wait_for_concurrent(&self, n: usize, limit: Duration) {
         tokio::time::timeout(limit, async {
             loop {
@@ -168,6 +212,14 @@ async fn handle(
     match target.as_str() {
         "Kinesis_20131202.ListShards" => {
             state.list_shards_calls.fetch_add(1, Ordering::SeqCst);
+            state.arrived.notify_waiters();
+            loop {
+                let opened = state.list_shards_gate.notified();
+                if *state.list_shards_open.lock().unwrap() {
+                    break;
+                }
+                opened.await;
+            }
             if state.deny_list_shards.load(Ordering::SeqCst) {
                 return amz_json(
                     StatusCode::BAD_REQUEST,
@@ -185,7 +237,30 @@ async fn handle(
                            "SequenceNumberRange": {"StartingSequenceNumber": "1"}})
                 })
                 .collect();
-            amz_json(StatusCode::OK, json!({ "Shards": shards }))
+            // Pages as Kinesis does: a NextToken for the rest, and no StreamName beside it.
+            let page = state.list_shards_page.load(Ordering::SeqCst);
+            let from: usize = match request["NextToken"].as_str() {
+                Some(token) => {
+                    if request.get("StreamName").is_some() {
+                        return amz_json(
+                            StatusCode::BAD_REQUEST,
+                            json!({"__type": "InvalidArgumentException",
+                                   "message": "NextToken and StreamName cannot be provided together"}),
+                        );
+                    }
+                    token.parse().unwrap()
+                }
+                None => 0,
+            };
+            if page == 0 {
+                return amz_json(StatusCode::OK, json!({ "Shards": shards }));
+            }
+            let to = (from + page).min(shards.len());
+            let mut body = json!({ "Shards": shards[from..to] });
+            if to < shards.len() {
+                body["NextToken"] = json!(to.to_string());
+            }
+            amz_json(StatusCode::OK, body)
         }
         "Kinesis_20131202.PutRecords" => put_records(&state, &request).await,
         other => amz_json(
@@ -242,7 +317,17 @@ async fn put_records(state: &State, request: &Value) -> Response {
                 "script must answer every entry"
             );
             let shards = state.shards.lock().unwrap().clone();
-            let misroute = state.misroute_to.lock().unwrap().take();
+            let misroute = {
+                let mut slot = state.misroute_to.lock().unwrap();
+                let shard = slot.as_ref().map(|(shard, _)| shard.clone());
+                if let Some((_, calls)) = slot.as_mut() {
+                    *calls -= 1;
+                    if *calls == 0 {
+                        *slot = None;
+                    }
+                }
+                shard
+            };
             let mut failed = 0;
             let results: Vec<Value> = entries
                 .iter()
