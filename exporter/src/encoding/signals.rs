@@ -17,13 +17,6 @@ use prost::Message;
 use super::{Encoded, RecordFormat, Unit, fit, key_from_text, random_key};
 use crate::config::{Encoding, PartitionKey, Signal};
 
-fn encode_message<M: Message + serde::Serialize>(message: &M, encoding: Encoding) -> Vec<u8> {
-    match encoding {
-        Encoding::OtlpProto => message.encode_to_vec(),
-        Encoding::OtlpJson => serde_json::to_vec(message).expect("OTLP messages serialise"),
-    }
-}
-
 /// The partition key for a resource in random or attribute mode.
 fn resource_key(resource: Option<&Resource>, mode: &PartitionKey) -> String {
     let PartitionKey::Attribute(name) = mode else {
@@ -82,7 +75,7 @@ fn halves<T>(mut items: Vec<T>) -> Option<(Vec<T>, Vec<T>)> {
 
 /// An OTLP resource entry: a resource holds scopes, a scope holds items (spans, metrics, log
 /// records). Splitting and grouping by trace are written once against this shape.
-trait Nested: Clone {
+trait Nested: Clone + Message + serde::Serialize {
     type Scope: Clone;
     type Item;
     const SIGNAL: Signal;
@@ -106,8 +99,27 @@ trait Nested: Clone {
     fn invalid(_item: &Self::Item) -> Option<String> {
         None
     }
-    /// The whole export request carrying just `resources`.
-    fn request(resources: Vec<Self>, encoding: Encoding) -> Vec<u8>;
+    /// The JSON name of the export request's one field (the resource entries).
+    const REQUEST_FIELD: &'static str;
+}
+
+/// The whole export request carrying just `resource`, written from a borrow: every
+/// Export*ServiceRequest has one field, number 1, repeated resource entries, so the request
+/// is that field's tag and length followed by the entry (and in JSON, an object with it).
+fn request_of<R: Nested>(resource: &R, encoding: Encoding) -> Vec<u8> {
+    match encoding {
+        Encoding::OtlpProto => {
+            let mut buf = Vec::with_capacity(prost::encoding::message::encoded_len(1, resource));
+            prost::encoding::message::encode(1, resource, &mut buf);
+            buf
+        }
+        Encoding::OtlpJson => {
+            let mut buf = format!("{{\"{}\":[", R::REQUEST_FIELD).into_bytes();
+            serde_json::to_writer(&mut buf, resource).expect("OTLP messages serialise");
+            buf.extend_from_slice(b"]}");
+            buf
+        }
+    }
 }
 
 impl<R: Nested> Unit for R {
@@ -146,7 +158,7 @@ impl<R: Nested> Unit for R {
     }
 
     fn encode(&self, encoding: Encoding) -> Vec<u8> {
-        R::request(vec![self.clone()], encoding)
+        request_of(self, encoding)
     }
 
     fn signal() -> Signal {
@@ -243,9 +255,7 @@ impl Nested for ResourceSpans {
         id_length_error("span", "trace_id", &span.trace_id, 16, false)
             .or_else(|| id_length_error("span", "span_id", &span.span_id, 8, false))
     }
-    fn request(resource_spans: Vec<Self>, encoding: Encoding) -> Vec<u8> {
-        encode_message(&ExportTraceServiceRequest { resource_spans }, encoding)
-    }
+    const REQUEST_FIELD: &'static str = "resourceSpans";
 }
 
 /// Traces to user records. In trace-id mode each record holds the spans of one trace only.
@@ -316,9 +326,7 @@ impl Nested for ResourceMetrics {
     fn trace_id(_: &Metric) -> Option<&[u8]> {
         None
     }
-    fn request(resource_metrics: Vec<Self>, encoding: Encoding) -> Vec<u8> {
-        encode_message(&ExportMetricsServiceRequest { resource_metrics }, encoding)
-    }
+    const REQUEST_FIELD: &'static str = "resourceMetrics";
 }
 
 pub fn metrics(request: ExportMetricsServiceRequest, format: &RecordFormat) -> Encoded {
@@ -354,13 +362,101 @@ impl Nested for ResourceLogs {
         id_length_error("log record", "trace_id", &record.trace_id, 16, true)
             .or_else(|| id_length_error("log record", "span_id", &record.span_id, 8, true))
     }
-    fn request(resource_logs: Vec<Self>, encoding: Encoding) -> Vec<u8> {
-        encode_message(&ExportLogsServiceRequest { resource_logs }, encoding)
-    }
+    const REQUEST_FIELD: &'static str = "resourceLogs";
 }
 
 /// Logs to user records. In trace-id mode, log records of one trace share a record and key;
 /// those without a trace id are grouped under a random key.
 pub fn logs(request: ExportLogsServiceRequest, format: &RecordFormat) -> Encoded {
     encode_resources(request.resource_logs, format)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::{AnyValue as Value, KeyValue, any_value};
+
+    fn resource() -> Option<Resource> {
+        Some(Resource {
+            attributes: vec![KeyValue {
+                key: "service.name".into(),
+                value: Some(Value {
+                    value: Some(any_value::Value::StringValue("checkout".into())),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    }
+
+    /// A record is exactly the export request holding the one resource entry, in both
+    /// encodings, though it is written without building (and copying into) that request.
+    #[test]
+    fn a_record_is_the_whole_request_of_its_resource() {
+        let spans = ResourceSpans {
+            resource: resource(),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span {
+                    trace_id: vec![1; 16],
+                    span_id: vec![2; 8],
+                    name: "GET /cart".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let logs = ResourceLogs {
+            resource: resource(),
+            scope_logs: vec![ScopeLogs {
+                log_records: vec![LogRecord::default()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let metrics = ResourceMetrics {
+            resource: resource(),
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![Metric {
+                    name: "m".into(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let traces_request = ExportTraceServiceRequest {
+            resource_spans: vec![spans.clone()],
+        };
+        let logs_request = ExportLogsServiceRequest {
+            resource_logs: vec![logs.clone()],
+        };
+        let metrics_request = ExportMetricsServiceRequest {
+            resource_metrics: vec![metrics.clone()],
+        };
+        assert_eq!(
+            request_of(&spans, Encoding::OtlpProto),
+            traces_request.encode_to_vec()
+        );
+        assert_eq!(
+            request_of(&logs, Encoding::OtlpProto),
+            logs_request.encode_to_vec()
+        );
+        assert_eq!(
+            request_of(&metrics, Encoding::OtlpProto),
+            metrics_request.encode_to_vec()
+        );
+        assert_eq!(
+            request_of(&spans, Encoding::OtlpJson),
+            serde_json::to_vec(&traces_request).unwrap()
+        );
+        assert_eq!(
+            request_of(&logs, Encoding::OtlpJson),
+            serde_json::to_vec(&logs_request).unwrap()
+        );
+        assert_eq!(
+            request_of(&metrics, Encoding::OtlpJson),
+            serde_json::to_vec(&metrics_request).unwrap()
+        );
+    }
 }
