@@ -77,6 +77,16 @@ impl Verdict {
         }
     }
 
+    /// Whether `condition` already says this (so the status need not be written).
+    pub fn is_shown_by(
+        &self,
+        condition: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition,
+    ) -> bool {
+        condition.status == self.status
+            && condition.reason == self.reason
+            && condition.message == self.message
+    }
+
     /// Worse first: not delivering, then delivering (throttled before plain), then unknown.
     fn rank(&self) -> u8 {
         match (self.status, self.reason) {

@@ -15,30 +15,25 @@ use crate::crd::KinesisExporter;
 use crate::delivery::{self, Delivery, PodReport};
 use crate::resources::{self, METRICS_PORT};
 
-/// The latest verdict per resource, read by every reconcile.
+/// The latest verdict per resource, read by every reconcile. None for a resource this
+/// replica has not probed yet (it just became the leader, say): its status keeps what the
+/// last probe found, rather than flipping to NoReport and back.
 #[derive(Default)]
 pub struct Reports {
     by_resource: Mutex<HashMap<ObjectRef<KinesisExporter>, Delivery>>,
 }
 
 impl Reports {
-    pub fn get(&self, kex: &KinesisExporter) -> Delivery {
+    pub fn get(&self, kex: &KinesisExporter) -> Option<Delivery> {
         self.by_resource
             .lock()
             .unwrap()
             .get(&ObjectRef::from_obj(kex))
             .cloned()
-            .unwrap_or_default()
     }
 
-    /// Keeps `delivery`; true when its verdict differs from the one kept before.
-    fn set(&self, key: ObjectRef<KinesisExporter>, delivery: Delivery) -> bool {
-        let mut map = self.by_resource.lock().unwrap();
-        let before = map.get(&key).map(|d| d.verdict.clone());
-        let changed = before.as_ref() != Some(&delivery.verdict)
-            && !(before.is_none() && delivery == Delivery::default());
-        map.insert(key, delivery);
-        changed
+    fn set(&self, key: ObjectRef<KinesisExporter>, delivery: Delivery) {
+        self.by_resource.lock().unwrap().insert(key, delivery);
     }
 
     fn retain(&self, keep: impl Fn(&ObjectRef<KinesisExporter>) -> bool) {
@@ -142,10 +137,10 @@ pub async fn round(
         .iter()
         .map(|kex| (ObjectRef::from_obj(kex.as_ref()), pods_of(kex, pods)))
         .collect();
-    let roles: HashMap<ObjectRef<KinesisExporter>, Option<String>> = resources
+    let resources_by_key: HashMap<ObjectRef<KinesisExporter>, Arc<KinesisExporter>> = resources
         .state()
-        .iter()
-        .map(|kex| (ObjectRef::from_obj(kex.as_ref()), kex.spec.aws.role.clone()))
+        .into_iter()
+        .map(|kex| (ObjectRef::from_obj(kex.as_ref()), kex))
         .collect();
     let jobs: Vec<(ObjectRef<KinesisExporter>, String, String)> = targets
         .iter()
@@ -177,9 +172,13 @@ pub async fn round(
         let mut pod_reports = answers.remove(key).unwrap_or_default();
         pod_reports.sort_by(|a, b| a.0.cmp(&b.0));
         let reports_only: Vec<PodReport> = pod_reports.into_iter().map(|(_, r)| r).collect();
-        let role = roles.get(key).cloned().flatten();
-        let delivery = delivery::judge(&reports_only, role.as_deref());
-        if reports.set(key.clone(), delivery.clone()) {
+        let Some(kex) = resources_by_key.get(key) else {
+            continue;
+        };
+        let delivery = delivery::judge(&reports_only, kex.spec.aws.role.as_deref());
+        let shown = crate::status::delivering_condition(kex.status.as_ref());
+        reports.set(key.clone(), delivery.clone());
+        if shown.is_none_or(|c| !delivery.verdict.is_shown_by(c)) {
             tracing::info!(
                 resource = %key,
                 status = delivery.verdict.status,
@@ -316,25 +315,12 @@ mod tests {
     }
 
     #[test]
-    fn a_first_verdict_of_no_report_is_no_change() {
+    fn a_resource_not_probed_yet_has_no_report_kept() {
         let reports = Reports::default();
-        let key = ObjectRef::new("a").within("team");
-        assert!(!reports.set(key.clone(), Delivery::default()));
-        let delivering = delivery::judge(
-            &[PodReport {
-                exporters: vec![delivery::ExporterReport {
-                    stream: "s".into(),
-                    last_delivery_age_seconds: Some(1.0),
-                    ..Default::default()
-                }],
-            }],
-            None,
-        );
-        assert!(reports.set(key.clone(), delivering.clone()));
-        assert!(
-            !reports.set(key.clone(), delivering),
-            "same verdict, new counts"
-        );
-        assert!(reports.set(key, Delivery::default()));
+        let mut kex = KinesisExporter::new("a", Default::default());
+        kex.metadata.namespace = Some("team".into());
+        assert_eq!(reports.get(&kex), None);
+        reports.set(ObjectRef::from_obj(&kex), Delivery::default());
+        assert_eq!(reports.get(&kex), Some(Delivery::default()));
     }
 }

@@ -208,7 +208,7 @@ async fn reconcile_once(kex: Arc<KinesisExporter>, ctx: &Context) -> Result<Acti
         deployment.as_ref(),
         problem.as_ref(),
         pods.as_ref(),
-        &ctx.caches.delivery.get(&kex),
+        ctx.caches.delivery.get(&kex).as_ref(),
         k8s_openapi::jiff::Timestamp::now(),
     );
     if kex.status.as_ref() != Some(&new_status) {

@@ -101,13 +101,14 @@ pub fn pod_trouble(pods: &[Pod]) -> Option<Problem> {
 
 /// The status for `kex` given its Deployment as it stands (None when there is none), the
 /// problem that stopped the reconcile, if any, what is wrong with its pods, if anything, and
-/// what its pods report on their delivery.
+/// what its pods report on their delivery (None: not probed yet by this replica, so the
+/// Delivering condition and status.delivery stay as the status has them).
 pub fn compute(
     kex: &KinesisExporter,
     deployment: Option<&Deployment>,
     problem: Option<&Problem>,
     pods: Option<&Problem>,
-    delivery: &Delivery,
+    delivery: Option<&Delivery>,
     now: Timestamp,
 ) -> KinesisExporterStatus {
     let desired = kex.spec.replicas();
@@ -207,12 +208,22 @@ pub fn compute(
             Some((reason, message)) => condition(DEGRADED, true, reason, message.clone()),
             None => condition(DEGRADED, false, "AsExpected", "no problem seen".into()),
         },
-        condition_of(
-            DELIVERING,
-            delivery.verdict.status,
-            delivery.verdict.reason,
-            delivery.verdict.message.clone(),
-        ),
+        match (delivery, delivering_condition(kex.status.as_ref())) {
+            (Some(d), _) => condition_of(
+                DELIVERING,
+                d.verdict.status,
+                d.verdict.reason,
+                d.verdict.message.clone(),
+            ),
+            (None, Some(shown)) => Condition {
+                observed_generation: generation,
+                ..shown.clone()
+            },
+            (None, None) => {
+                let unknown = crate::delivery::Verdict::no_report();
+                condition_of(DELIVERING, unknown.status, unknown.reason, unknown.message)
+            }
+        },
     ];
     KinesisExporterStatus {
         observed_generation: generation,
@@ -221,8 +232,16 @@ pub fn compute(
         ready: Some(format!("{ready_current}/{desired}")),
         selector: Some(selector_string(kex)),
         conditions,
-        delivery: delivery.status.clone(),
+        delivery: match delivery {
+            Some(d) => d.status.clone(),
+            None => kex.status.as_ref().and_then(|s| s.delivery.clone()),
+        },
     }
+}
+
+/// The Delivering condition as the status shows it.
+pub fn delivering_condition(status: Option<&KinesisExporterStatus>) -> Option<&Condition> {
+    status?.conditions.iter().find(|c| c.type_ == DELIVERING)
 }
 
 /// A condition's status, for spotting transitions.
@@ -285,7 +304,7 @@ mod tests {
             Some(&deployment(3, 3, 2, 2, 2)),
             None,
             None,
-            &Delivery::default(),
+            None,
             Timestamp::UNIX_EPOCH,
         );
         assert_eq!(get(&s, READY).status, "True");
@@ -308,7 +327,7 @@ mod tests {
             Some(&deployment(4, 3, 2, 2, 2)),
             None,
             None,
-            &Delivery::default(),
+            None,
             Timestamp::UNIX_EPOCH,
         );
         assert_eq!(s.ready.as_deref(), Some("0/2"));
@@ -325,7 +344,7 @@ mod tests {
             Some(&deployment(4, 4, 3, 1, 3)),
             None,
             None,
-            &Delivery::default(),
+            None,
             Timestamp::UNIX_EPOCH,
         );
         assert_eq!(
@@ -345,7 +364,7 @@ mod tests {
             None,
             Some(&Problem::failed("deployments.apps is forbidden")),
             None,
-            &Delivery::default(),
+            None,
             Timestamp::UNIX_EPOCH,
         );
         let d = get(&s, DEGRADED);
@@ -369,7 +388,7 @@ mod tests {
             Some(&stuck),
             None,
             None,
-            &Delivery::default(),
+            None,
             Timestamp::UNIX_EPOCH,
         );
         let d = get(&s, DEGRADED);
@@ -390,33 +409,63 @@ mod tests {
             Some(&deployment(1, 1, 1, 1, 1)),
             None,
             None,
-            &Delivery::default(),
+            None,
             t0,
         ));
-        let same = compute(
-            &k,
-            Some(&deployment(1, 1, 1, 1, 1)),
-            None,
-            None,
-            &Delivery::default(),
-            t1,
-        );
+        let same = compute(&k, Some(&deployment(1, 1, 1, 1, 1)), None, None, None, t1);
         assert_eq!(get(&same, READY).last_transition_time, Time(t0));
         assert_eq!(
             same,
             *k.status.as_ref().unwrap(),
             "an unchanged world gives an identical status"
         );
-        let changed = compute(
-            &k,
-            Some(&deployment(1, 1, 1, 1, 0)),
-            None,
-            None,
-            &Delivery::default(),
-            t1,
-        );
+        let changed = compute(&k, Some(&deployment(1, 1, 1, 1, 0)), None, None, None, t1);
         assert_eq!(get(&changed, READY).last_transition_time, Time(t1));
         assert_eq!(condition_status(Some(&changed), READY), Some("False"));
+    }
+
+    #[test]
+    fn a_replica_that_has_not_probed_keeps_the_delivering_condition() {
+        use crate::delivery::Verdict;
+        let (t0, t1) = (Timestamp::UNIX_EPOCH, Timestamp::from_second(1000).unwrap());
+        let ready = deployment(1, 1, 1, 1, 1);
+        let denied = Delivery {
+            verdict: Verdict {
+                status: "False",
+                reason: "AccessDenied",
+                message: "PutRecords on stream s failed: AccessDenied: no".into(),
+            },
+            status: Some(crate::crd::DeliveryStatus {
+                pods_reporting: 1,
+                ..Default::default()
+            }),
+        };
+        let mut k = kex(1);
+        k.status = Some(compute(&k, Some(&ready), None, None, Some(&denied), t0));
+        assert_eq!(
+            get(k.status.as_ref().unwrap(), DELIVERING).reason,
+            "AccessDenied"
+        );
+        // A new leader has no report yet: the status keeps what the last probe found.
+        let kept = compute(&k, Some(&ready), None, None, None, t1);
+        assert_eq!(kept, *k.status.as_ref().unwrap(), "nothing to write");
+        // A resource never probed says so.
+        let fresh = compute(&kex(1), Some(&ready), None, None, None, t0);
+        assert_eq!(get(&fresh, DELIVERING).status, "Unknown");
+        assert_eq!(get(&fresh, DELIVERING).reason, "NoReport");
+        // A new verdict moves the transition time.
+        let ok = Delivery {
+            verdict: Verdict {
+                status: "True",
+                reason: "Delivering",
+                message: "records reach stream s".into(),
+            },
+            status: None,
+        };
+        let now = compute(&k, Some(&ready), None, None, Some(&ok), t1);
+        assert_eq!(get(&now, DELIVERING).last_transition_time, Time(t1));
+        assert!(ok.verdict.is_shown_by(get(&now, DELIVERING)));
+        assert!(!denied.verdict.is_shown_by(get(&now, DELIVERING)));
     }
 
     #[test]
@@ -453,7 +502,7 @@ mod tests {
             Some(&deployment(4, 4, 1, 1, 0)),
             None,
             Some(&trouble),
-            &Delivery::default(),
+            None,
             Timestamp::UNIX_EPOCH,
         );
         let d = get(&s, DEGRADED);
