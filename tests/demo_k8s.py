@@ -218,6 +218,17 @@ def run(stack: contextlib.ExitStack, workdir: Path, state: Path) -> bool:
                                                interval=1)
     calls = stop_recording(moto)
 
+    # ---- 5. what the team sees: the pods' own account of their delivery, in the resource
+    step(f"waiting for the operator's probe of the pods' /status: {NAMESPACE}/{name} Delivering")
+
+    def delivering():
+        kex = cluster.get_json("-n", NAMESPACE, "kex", name)
+        shown = {c["type"]: c for c in kex.get("status", {}).get("conditions", [])}.get("Delivering", {})
+        return kex if shown.get("status") == "True" else None
+    kex = poll("the Delivering condition", delivering, timeout=90, interval=1)
+    indent(cluster.kubectl("get", "kex", "-n", NAMESPACE).stdout)
+    indent("status.delivery: " + json.dumps(kex["status"].get("delivery", {})))
+
     per_shard = {shard: Counter() for shard in shard_ranges(kinesalite, stream)}
     for record in kinesis_records:
         per_shard[record.shard_id]["kinesis"] += 1
