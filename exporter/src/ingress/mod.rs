@@ -174,6 +174,7 @@ impl Ingress {
         // retry of a refused request never duplicates part of it.
         let mut batches = Vec::with_capacity(routes.len());
         let receipt = Receipt::default();
+        let mut request_items = 0;
         // The decoded request is copied only for routes other than the last, which takes it:
         // with one route (the usual case), no copy at all.
         let last = routes.len() - 1;
@@ -186,6 +187,7 @@ impl Ingress {
             }
             .expect("taken on the last route only");
             let encoded = encode(this, &route.format);
+            request_items = request_items.max(encoded.items);
             if i == 0 {
                 self.metrics
                     .items_received
@@ -248,7 +250,8 @@ impl Ingress {
             match receipt.settled().await {
                 Outcome::Stored => {}
                 Outcome::Refused { items, reason } => {
-                    accepted.rejected += items;
+                    // Items refused by several routes are still items of this one request.
+                    accepted.rejected = (accepted.rejected + items).min(request_items);
                     accepted.message = Some(format!("not stored in Kinesis: {reason}"));
                 }
                 Outcome::Retry { items, reason } => {
