@@ -109,13 +109,20 @@ def dashboard_queries() -> list[tuple[str, list[str]]]:
     return queries
 
 
-def test_status_reports_what_the_operator_needs(kinesalite, exporter_process):
+def working_and_failing(kinesalite: str, exporter_process):
+    """One exporter process taking traces into two exporters: ``kinesis/ok`` to a stream that
+    exists, ``kinesis/missing`` to one that does not. Returns the stream and the process."""
     stream = f"obs-{uuid.uuid4().hex[:8]}"
     create_stream(kinesalite, stream, 1)
     proc = exporter_process(
         {"kinesis/ok": kinesis_exporter(stream, kinesalite),
          "kinesis/missing": kinesis_exporter("no-such-stream", kinesalite)},
         pipelines={"traces": {"receivers": ["otlp"], "exporters": ["kinesis/ok", "kinesis/missing"]}})
+    return stream, proc
+
+
+def test_status_reports_what_the_operator_needs(kinesalite, exporter_process):
+    stream, proc = working_and_failing(kinesalite, exporter_process)
     send_traces("grpc", proc, {"checkout": [["GET /cart", "render"]]})
 
     def status():
@@ -140,12 +147,7 @@ def test_status_reports_what_the_operator_needs(kinesalite, exporter_process):
 
 def test_alerts_and_dashboard_run_against_the_exporters_real_metrics(
         kinesalite, exporter_process, prometheus_bin, tmp_path):
-    stream = f"obs-{uuid.uuid4().hex[:8]}"
-    create_stream(kinesalite, stream, 1)
-    proc = exporter_process(
-        {"kinesis/ok": kinesis_exporter(stream, kinesalite),
-         "kinesis/missing": kinesis_exporter("no-such-stream", kinesalite)},
-        pipelines={"traces": {"receivers": ["otlp"], "exporters": ["kinesis/ok", "kinesis/missing"]}})
+    _, proc = working_and_failing(kinesalite, exporter_process)
     with urllib.request.urlopen(proc.telemetry_url("/metrics"), timeout=5) as response:
         served = served_names(response.read().decode()) | OPEN_ENDED
 

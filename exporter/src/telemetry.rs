@@ -4,12 +4,10 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::config::status::{self, StatusDocument};
+use crate::kpl::ProducerMetrics;
 use clap::ValueEnum;
 use prometheus_client::registry::Registry;
-use serde::Serialize;
-
-use crate::kpl::ProducerMetrics;
-use crate::kpl::health::HealthReport;
 use tracing_subscriber::EnvFilter;
 
 /// How log lines are written.
@@ -104,36 +102,22 @@ pub struct ExporterStatus {
 
 /// `/status`: per exporter, what it received, delivered, dropped (by reason) and how Kinesis
 /// answered lately, in JSON. The operator reads it into its resource's status.
-#[derive(Serialize)]
-struct StatusView {
-    exporters: Vec<ExporterView>,
-}
-
-#[derive(Serialize)]
-struct ExporterView {
-    exporter: String,
-    stream: String,
-    records_received: u64,
-    records_delivered: u64,
-    records_dropped: std::collections::BTreeMap<&'static str, u64>,
-    records_throttled: u64,
-    backlog_records: i64,
-    backlog_capacity_records: i64,
-    #[serde(flatten)]
-    health: HealthReport,
-}
-
-fn status_view(exporters: &[ExporterStatus]) -> StatusView {
+fn status_document(exporters: &[ExporterStatus]) -> StatusDocument {
     let now = std::time::Instant::now();
-    StatusView {
+    StatusDocument {
         exporters: exporters
             .iter()
-            .map(|e| ExporterView {
+            .map(|e| status::ExporterStatus {
                 exporter: e.exporter.clone(),
                 stream: e.stream.clone(),
                 records_received: e.metrics.user_records_received.get(),
                 records_delivered: e.metrics.user_records_delivered.get(),
-                records_dropped: e.metrics.dropped_by_reason().into_iter().collect(),
+                records_dropped: e
+                    .metrics
+                    .dropped_by_reason()
+                    .into_iter()
+                    .map(|(reason, n)| (reason.to_string(), n))
+                    .collect(),
                 records_throttled: e.metrics.records_throttled.get(),
                 backlog_records: e.metrics.backlog.get(),
                 backlog_capacity_records: e.metrics.backlog_capacity.get(),
@@ -157,7 +141,7 @@ pub fn router(
             "/status",
             get(move || {
                 let exporters = exporters.clone();
-                async move { axum::Json(status_view(&exporters)) }
+                async move { axum::Json(status_document(&exporters)) }
             }),
         )
         .route(

@@ -1,10 +1,6 @@
 //! Whether a resource's data reaches Kinesis, judged from what its exporter pods report on
 //! `/status`: pure, so every verdict is tested. The prober (`probe.rs`) does the reading.
 
-use std::collections::BTreeMap;
-
-use serde::Deserialize;
-
 use crate::crd::DeliveryStatus;
 
 pub const DELIVERING: &str = "Delivering";
@@ -18,45 +14,11 @@ pub const RETRYABLE_FAILING_SECONDS: f64 = 60.0;
 /// How much of an error message the condition carries.
 const MAX_ERROR_CHARS: usize = 400;
 
-/// One pod's `/status`.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct PodReport {
-    pub exporters: Vec<ExporterReport>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
-pub struct ExporterReport {
-    pub exporter: String,
-    pub stream: String,
-    #[serde(default)]
-    pub records_received: u64,
-    #[serde(default)]
-    pub records_delivered: u64,
-    #[serde(default)]
-    pub records_dropped: BTreeMap<String, u64>,
-    #[serde(default)]
-    pub records_throttled: u64,
-    pub last_success_age_seconds: Option<f64>,
-    pub last_delivery_age_seconds: Option<f64>,
-    pub last_throttle_age_seconds: Option<f64>,
-    pub last_error: Option<ErrorReport>,
-    pub last_drop: Option<DropReport>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct ErrorReport {
-    pub operation: String,
-    pub code: String,
-    pub message: String,
-    pub retryable: bool,
-    pub age_seconds: f64,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-pub struct DropReport {
-    pub reason: String,
-    pub age_seconds: f64,
-}
+/// One pod's `/status` (the exporter's own type), and one exporter's entry in it.
+pub use kinesis_exporter_config::status::{
+    DropReport, ErrorReport, ExporterStatus as ExporterReport, HealthReport,
+    StatusDocument as PodReport,
+};
 
 /// The Delivering condition: "True", "False" or "Unknown", a reason and a message. Messages
 /// carry no counts or ages, so that an unchanged situation never costs a status write.
@@ -154,10 +116,11 @@ fn failure_reason(code: &str) -> &'static str {
 /// The verdict on one exporter of one pod whose Kinesis calls are made as `role`, if known.
 pub fn judge_exporter(report: &ExporterReport, role: Option<&str>) -> Verdict {
     let stream = &report.stream;
-    if let Some(error) = &report.last_error {
-        let after_last_success = newer(error.age_seconds, report.last_success_age_seconds);
+    if let Some(error) = &report.health.last_error {
+        let after_last_success = newer(error.age_seconds, report.health.last_success_age_seconds);
         let failing_long_enough = !error.retryable
             || report
+                .health
                 .last_success_age_seconds
                 .is_none_or(|s| s >= RETRYABLE_FAILING_SECONDS);
         if after_last_success && failing_long_enough {
@@ -180,7 +143,7 @@ pub fn judge_exporter(report: &ExporterReport, role: Option<&str>) -> Verdict {
             };
         }
     }
-    if let Some(drop) = &report.last_drop
+    if let Some(drop) = &report.health.last_drop
         && drop.age_seconds < RECENT_SECONDS
         && DELIVERY_DROPS.contains(&drop.reason.as_str())
     {
@@ -194,8 +157,9 @@ pub fn judge_exporter(report: &ExporterReport, role: Option<&str>) -> Verdict {
             ),
         };
     }
-    if report.last_delivery_age_seconds.is_some() {
+    if report.health.last_delivery_age_seconds.is_some() {
         if report
+            .health
             .last_throttle_age_seconds
             .is_some_and(|t| t < RECENT_SECONDS)
         {

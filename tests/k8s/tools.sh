@@ -38,6 +38,18 @@ _tools_need_go() {
   fi
 }
 
+# _tools_cached BIN ARGS...: true when a cached BIN exists and answers ARGS (it works).
+_tools_cached() {
+  local bin="$1"
+  shift
+  [ -x "$bin" ] && "$bin" "$@" >/dev/null 2>&1
+}
+
+# _tools_prepare: go on PATH and the cache directory, before a build.
+_tools_prepare() {
+  _tools_need_go && mkdir -p "$KINESIS_TOOLS_DIR"
+}
+
 # _tools_go_install BIN PACKAGE@VERSION LDFLAGS: go install into a scratch GOBIN, then move the
 # binary (named like the package's last element) to BIN, so a failed build leaves no binary.
 _tools_go_install() {
@@ -56,12 +68,11 @@ _tools_go_install() {
 # ensure_helm: sets HELM to ${KINESIS_TOOLS_DIR}/helm-${HELM_VERSION}, building it on first use.
 ensure_helm() {
   local bin="$KINESIS_TOOLS_DIR/helm-$HELM_VERSION"
-  if [ -x "$bin" ] && "$bin" version --short >/dev/null 2>&1; then
+  if _tools_cached "$bin" version --short; then
     HELM="$bin"
     return 0
   fi
-  _tools_need_go || return 1
-  mkdir -p "$KINESIS_TOOLS_DIR" || return 1
+  _tools_prepare || return 1
 
   local gomod client_go k8s_minor ldflags start
   start=$(date +%s)
@@ -85,12 +96,11 @@ ensure_helm() {
 # writes charts/*/README.md from Chart.yaml, values.yaml's "# --" comments and README.md.gotmpl.
 ensure_helm_docs() {
   local bin="$KINESIS_TOOLS_DIR/helm-docs-$HELM_DOCS_VERSION" start
-  if [ -x "$bin" ] && "$bin" --help >/dev/null 2>&1; then
+  if _tools_cached "$bin" --help; then
     HELM_DOCS="$bin"
     return 0
   fi
-  _tools_need_go || return 1
-  mkdir -p "$KINESIS_TOOLS_DIR" || return 1
+  _tools_prepare || return 1
   start=$(date +%s)
   _tools_say "building helm-docs $HELM_DOCS_VERSION from the Go module proxy (once; cached in $KINESIS_TOOLS_DIR)"
   _tools_go_install "$bin" "github.com/norwoodj/helm-docs/cmd/helm-docs@$HELM_DOCS_VERSION" "-s -w" || return 1
@@ -102,12 +112,11 @@ ensure_helm_docs() {
 # server itself (scrapes, PromQL, rule evaluation), built on first use (minutes on 2 cores).
 ensure_prometheus() {
   local bin="$KINESIS_TOOLS_DIR/prometheus-$PROMETHEUS_VERSION" start release
-  if [ -x "$bin" ] && "$bin" --version >/dev/null 2>&1; then
+  if _tools_cached "$bin" --version; then
     PROMETHEUS="$bin"
     return 0
   fi
-  _tools_need_go || return 1
-  mkdir -p "$KINESIS_TOOLS_DIR" || return 1
+  _tools_prepare || return 1
   start=$(date +%s)
   # Module v0.316.0 is release 3.16.0 (the minor is offset by 300).
   release="${PROMETHEUS_VERSION#v0.}"
@@ -124,12 +133,11 @@ ensure_prometheus() {
 # receiver, the batch processor and the contrib awskinesisexporter.
 ensure_otelcol() {
   local bin="$KINESIS_TOOLS_DIR/otelcol-kinesis-$OTELCOL_VERSION" start work
-  if [ -x "$bin" ] && "$bin" --version >/dev/null 2>&1; then
+  if _tools_cached "$bin" --version; then
     OTELCOL="$bin"
     return 0
   fi
-  _tools_need_go || return 1
-  mkdir -p "$KINESIS_TOOLS_DIR" || return 1
+  _tools_prepare || return 1
   start=$(date +%s)
   _tools_say "building the Collector $OTELCOL_VERSION with ocb (otlpreceiver, batchprocessor, awskinesisexporter; once; cached in $KINESIS_TOOLS_DIR; takes minutes on 2 cores)"
   work="$(mktemp -d "$KINESIS_TOOLS_DIR/.build.XXXXXX")" || return 1

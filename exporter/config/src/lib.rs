@@ -8,6 +8,7 @@
 
 mod service;
 pub mod settings;
+pub mod status;
 mod validate;
 
 use settings::Group;

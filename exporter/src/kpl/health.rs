@@ -5,13 +5,22 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use serde::Serialize;
+pub use crate::config::status::{DropReport, ErrorReport, HealthReport};
 
 /// The Kinesis calls whose failures are reported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {
     PutRecords,
     ListShards,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::PutRecords => "PutRecords",
+            Operation::ListShards => "ListShards",
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -82,7 +91,7 @@ impl DeliveryHealth {
             last_delivery_age_seconds: state.last_delivery.map(age),
             last_throttle_age_seconds: state.last_throttle.map(age),
             last_error: state.last_error.as_ref().map(|e| ErrorReport {
-                operation: e.operation,
+                operation: e.operation.as_str().to_string(),
                 code: e.code.clone(),
                 message: e.message.clone(),
                 retryable: e.retryable,
@@ -94,31 +103,6 @@ impl DeliveryHealth {
             }),
         }
     }
-}
-
-/// The `/status` view of [`DeliveryHealth`]; every age is in seconds before the answer.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct HealthReport {
-    pub last_success_age_seconds: Option<f64>,
-    pub last_delivery_age_seconds: Option<f64>,
-    pub last_throttle_age_seconds: Option<f64>,
-    pub last_error: Option<ErrorReport>,
-    pub last_drop: Option<DropReport>,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ErrorReport {
-    pub operation: Operation,
-    pub code: String,
-    pub message: String,
-    pub retryable: bool,
-    pub age_seconds: f64,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct DropReport {
-    pub reason: String,
-    pub age_seconds: f64,
 }
 
 #[cfg(test)]
@@ -139,8 +123,12 @@ mod tests {
         let report = health.report(later);
         let error = report.last_error.unwrap();
         assert_eq!(
-            (error.operation, error.code.as_str(), error.retryable),
-            (Operation::PutRecords, "AccessDeniedException", false)
+            (
+                error.operation.as_str(),
+                error.code.as_str(),
+                error.retryable
+            ),
+            ("PutRecords", "AccessDeniedException", false)
         );
         assert!(error.age_seconds >= 3.0, "{error:?}");
         assert_eq!(report.last_drop.unwrap().reason, "permanent_error");

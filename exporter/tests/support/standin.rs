@@ -163,38 +163,38 @@ impl StandIn {
     }
 
     /// Waits until `n` PutRecords calls are held concurrently (or panics after `limit`).
-    /// Waits until `n` ListShards calls have arrived (or panics after `limit`).
-    pub async fn wait_for_list_shards_calls(&self, n: usize, limit: Duration) {
-        tokio::time::timeout(limit, async {
-            loop {
-                let notified = self.state.arrived.notified();
-                if self.list_shards_calls() >= n {
-                    return;
-                }
-                notified.await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("never saw {n} ListShards calls"));
+    pub async fn wait_for_concurrent(&self, n: usize, limit: Duration) {
+        let seen = self
+            .wait_until(limit, |standin| standin.concurrent() >= n)
+            .await;
+        assert!(
+            seen,
+            "never saw {n} concurrent calls (max {})",
+            self.max_concurrent()
+        );
     }
 
-    pub async fn wait_for_concurrent(&self, n: usize, limit: Duration) {
+    /// Waits until `n` ListShards calls have arrived (or panics after `limit`).
+    pub async fn wait_for_list_shards_calls(&self, n: usize, limit: Duration) {
+        let seen = self
+            .wait_until(limit, |standin| standin.list_shards_calls() >= n)
+            .await;
+        assert!(seen, "never saw {n} ListShards calls");
+    }
+
+    /// Waits, woken by every call's arrival, until `condition` holds; false after `limit`.
+    async fn wait_until(&self, limit: Duration, condition: impl Fn(&StandIn) -> bool) -> bool {
         tokio::time::timeout(limit, async {
             loop {
                 let notified = self.state.arrived.notified();
-                if self.concurrent() >= n {
+                if condition(self) {
                     return;
                 }
                 notified.await;
             }
         })
         .await
-        .unwrap_or_else(|_| {
-            panic!(
-                "never saw {n} concurrent calls (max {})",
-                self.max_concurrent()
-            )
-        });
+        .is_ok()
     }
 }
 

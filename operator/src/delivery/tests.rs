@@ -1,3 +1,5 @@
+use std::collections::BTreeMap;
+
 use super::*;
 
 fn healthy() -> ExporterReport {
@@ -6,8 +8,11 @@ fn healthy() -> ExporterReport {
         stream: "orders".into(),
         records_received: 10,
         records_delivered: 10,
-        last_success_age_seconds: Some(1.0),
-        last_delivery_age_seconds: Some(1.0),
+        health: HealthReport {
+            last_success_age_seconds: Some(1.0),
+            last_delivery_age_seconds: Some(1.0),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
@@ -42,9 +47,9 @@ fn records_stored_lately_is_delivering() {
 fn denied_access_names_the_call_the_stream_and_the_principal() {
     let mut r = healthy();
     r.records_delivered = 0;
-    r.last_delivery_age_seconds = None;
-    r.last_success_age_seconds = Some(30.0); // ListShards worked; PutRecords is refused
-    r.last_error = error("AccessDenied", false, 2.0);
+    r.health.last_delivery_age_seconds = None;
+    r.health.last_success_age_seconds = Some(30.0); // ListShards worked; PutRecords is refused
+    r.health.last_error = error("AccessDenied", false, 2.0);
     let v = judge_exporter(&r, None);
     assert_eq!((v.status, v.reason), ("False", "AccessDenied"));
     assert!(
@@ -68,7 +73,7 @@ fn denied_access_names_the_call_the_stream_and_the_principal() {
         "ExpiredTokenException",
         "Http403",
     ] {
-        r.last_error = error(code, false, 2.0);
+        r.health.last_error = error(code, false, 2.0);
         assert_eq!(judge_exporter(&r, None).reason, "AccessDenied", "{code}");
     }
 }
@@ -77,13 +82,16 @@ fn denied_access_names_the_call_the_stream_and_the_principal() {
 fn a_missing_stream_is_reported_without_any_traffic() {
     let r = ExporterReport {
         stream: "nope".into(),
-        last_error: Some(ErrorReport {
-            operation: "ListShards".into(),
-            code: "ResourceNotFoundException".into(),
-            message: "Stream nope under account 1 not found.".into(),
-            retryable: false,
-            age_seconds: 5.0,
-        }),
+        health: HealthReport {
+            last_error: Some(ErrorReport {
+                operation: "ListShards".into(),
+                code: "ResourceNotFoundException".into(),
+                message: "Stream nope under account 1 not found.".into(),
+                retryable: false,
+                age_seconds: 5.0,
+            }),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let v = judge_exporter(&r, None);
@@ -98,22 +106,22 @@ fn a_missing_stream_is_reported_without_any_traffic() {
 #[test]
 fn an_error_before_the_last_success_is_history() {
     let mut r = healthy();
-    r.last_error = error("AccessDeniedException", false, 5.0);
+    r.health.last_error = error("AccessDeniedException", false, 5.0);
     assert_eq!(judge_exporter(&r, None).reason, "Delivering");
 }
 
 #[test]
 fn a_retryable_failure_counts_only_once_it_lasts() {
     let mut r = healthy();
-    r.last_success_age_seconds = Some(10.0);
-    r.last_delivery_age_seconds = Some(10.0);
-    r.last_error = error("InternalFailure", true, 1.0);
+    r.health.last_success_age_seconds = Some(10.0);
+    r.health.last_delivery_age_seconds = Some(10.0);
+    r.health.last_error = error("InternalFailure", true, 1.0);
     assert_eq!(judge_exporter(&r, None).reason, "Delivering", "a blip");
-    r.last_success_age_seconds = Some(90.0);
-    r.last_delivery_age_seconds = Some(90.0);
+    r.health.last_success_age_seconds = Some(90.0);
+    r.health.last_delivery_age_seconds = Some(90.0);
     let v = judge_exporter(&r, None);
     assert_eq!((v.status, v.reason), ("False", "DeliveryFailing"));
-    r.last_error = error("LimitExceededException", true, 1.0);
+    r.health.last_error = error("LimitExceededException", true, 1.0);
     assert_eq!(judge_exporter(&r, None).reason, "Throttled");
     assert_eq!(judge_exporter(&r, None).status, "False");
 }
@@ -121,13 +129,13 @@ fn a_retryable_failure_counts_only_once_it_lasts() {
 #[test]
 fn recent_drops_and_throttles_colour_the_verdict() {
     let mut r = healthy();
-    r.last_throttle_age_seconds = Some(30.0);
+    r.health.last_throttle_age_seconds = Some(30.0);
     let v = judge_exporter(&r, None);
     assert_eq!((v.status, v.reason), ("True", "Throttled"));
-    r.last_throttle_age_seconds = Some(RECENT_SECONDS + 1.0);
+    r.health.last_throttle_age_seconds = Some(RECENT_SECONDS + 1.0);
     assert_eq!(judge_exporter(&r, None).reason, "Delivering");
 
-    r.last_drop = Some(DropReport {
+    r.health.last_drop = Some(DropReport {
         reason: "retries_exhausted".into(),
         age_seconds: 20.0,
     });
@@ -135,7 +143,7 @@ fn recent_drops_and_throttles_colour_the_verdict() {
     assert_eq!((v.status, v.reason), ("False", "Dropping"));
     assert!(v.message.contains("retries_exhausted"));
     // A record Kinesis could never take is the client's, and it was told.
-    r.last_drop = Some(DropReport {
+    r.health.last_drop = Some(DropReport {
         reason: "invalid_partition_key".into(),
         age_seconds: 20.0,
     });
@@ -146,7 +154,10 @@ fn recent_drops_and_throttles_colour_the_verdict() {
 fn nothing_sent_is_unknown_and_says_so() {
     let idle = ExporterReport {
         stream: "orders".into(),
-        last_success_age_seconds: Some(3.0),
+        health: HealthReport {
+            last_success_age_seconds: Some(3.0),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let v = judge_exporter(&idle, None);
@@ -163,7 +174,7 @@ fn nothing_sent_is_unknown_and_says_so() {
 #[test]
 fn the_worst_pod_decides_and_counts_add_up() {
     let mut denied = healthy();
-    denied.last_error = error("AccessDeniedException", false, 0.5);
+    denied.health.last_error = error("AccessDeniedException", false, 0.5);
     denied.records_dropped = BTreeMap::from([
         ("permanent_error".to_string(), 4),
         ("shutdown_deadline".to_string(), 0),
