@@ -133,7 +133,7 @@ pub async fn serve(
     for (id, exporter) in &config.exporters {
         let metrics = Arc::new(ProducerMetrics::default());
         metrics.register(registry.sub_registry_with_label(("exporter".into(), id.clone().into())));
-        statuses.push(telemetry::ExporterStatus {
+        statuses.push(telemetry::StatusSource {
             exporter: id.clone(),
             stream: exporter.aws.stream_name.clone(),
             metrics: metrics.clone(),

@@ -94,7 +94,7 @@ pub fn metrics_response(registry: &Registry) -> axum::response::Response {
 
 /// One producer as `/status` shows it.
 #[derive(Clone)]
-pub struct ExporterStatus {
+pub struct StatusSource {
     pub exporter: String,
     pub stream: String,
     pub metrics: Arc<ProducerMetrics>,
@@ -102,7 +102,7 @@ pub struct ExporterStatus {
 
 /// `/status`: per exporter, what it received, delivered, dropped (by reason) and how Kinesis
 /// answered lately, in JSON. The operator reads it into its resource's status.
-fn status_document(exporters: &[ExporterStatus]) -> StatusDocument {
+fn status_document(exporters: &[StatusSource]) -> StatusDocument {
     let now = std::time::Instant::now();
     StatusDocument {
         exporters: exporters
@@ -131,7 +131,7 @@ fn status_document(exporters: &[ExporterStatus]) -> StatusDocument {
 pub fn router(
     registry: Arc<Registry>,
     readiness: Readiness,
-    exporters: Vec<ExporterStatus>,
+    exporters: Vec<StatusSource>,
 ) -> axum::Router {
     use axum::http::StatusCode;
     use axum::routing::get;

@@ -88,6 +88,13 @@ fn status_url(pod: &Pod) -> Option<String> {
 /// A ready pod of a resource: its name and where its `/status` is.
 type PodAddress = (String, String);
 
+/// A resource to probe: its key, its ready pods, and the resource as the cache holds it.
+type Target = (
+    ObjectRef<KinesisExporter>,
+    Vec<PodAddress>,
+    Arc<KinesisExporter>,
+);
+
 /// The ready pods of `kex`, in name order (so that the verdict's message is stable).
 fn pods_of(kex: &KinesisExporter, pods: &Store<Pod>) -> Vec<PodAddress> {
     let ns = kex.namespace();
@@ -124,7 +131,7 @@ async fn fetch(client: &reqwest::Client, url: &str) -> Result<PodReport, String>
 }
 
 /// Probes every resource's pods once and records the verdicts; returns the resources whose
-/// verdict changed.
+/// verdict differs from what their status shows.
 pub async fn round(
     client: &reqwest::Client,
     resources: &Store<KinesisExporter>,
@@ -132,19 +139,14 @@ pub async fn round(
     reports: &Reports,
     concurrency: usize,
 ) -> Vec<ObjectRef<KinesisExporter>> {
-    let targets: Vec<(ObjectRef<KinesisExporter>, Vec<PodAddress>)> = resources
-        .state()
-        .iter()
-        .map(|kex| (ObjectRef::from_obj(kex.as_ref()), pods_of(kex, pods)))
-        .collect();
-    let resources_by_key: HashMap<ObjectRef<KinesisExporter>, Arc<KinesisExporter>> = resources
+    let targets: Vec<Target> = resources
         .state()
         .into_iter()
-        .map(|kex| (ObjectRef::from_obj(kex.as_ref()), kex))
+        .map(|kex| (ObjectRef::from_obj(kex.as_ref()), pods_of(&kex, pods), kex))
         .collect();
     let jobs: Vec<(ObjectRef<KinesisExporter>, String, String)> = targets
         .iter()
-        .flat_map(|(key, pods)| {
+        .flat_map(|(key, pods, _)| {
             pods.iter()
                 .map(|(pod, url)| (key.clone(), pod.clone(), url.clone()))
         })
@@ -168,13 +170,10 @@ pub async fn round(
         }
     }
     let mut changed = Vec::new();
-    for (key, _) in &targets {
+    for (key, _, kex) in &targets {
         let mut pod_reports = answers.remove(key).unwrap_or_default();
         pod_reports.sort_by(|a, b| a.0.cmp(&b.0));
         let reports_only: Vec<PodReport> = pod_reports.into_iter().map(|(_, r)| r).collect();
-        let Some(kex) = resources_by_key.get(key) else {
-            continue;
-        };
         let delivery = delivery::judge(&reports_only, kex.spec.aws.role.as_deref());
         let shown = crate::status::delivering_condition(kex.status.as_ref());
         reports.set(key.clone(), delivery.clone());
@@ -189,7 +188,7 @@ pub async fn round(
             changed.push(key.clone());
         }
     }
-    let known: std::collections::HashSet<_> = targets.iter().map(|(k, _)| k.clone()).collect();
+    let known: std::collections::HashSet<_> = targets.iter().map(|(k, _, _)| k.clone()).collect();
     reports.retain(|k| known.contains(k));
     changed
 }

@@ -26,6 +26,20 @@ impl Inner {
             self.settled.notify_waiters();
         }
     }
+
+    fn give_up(&self, items: u64, reason: &str, permanent: bool) {
+        let counter = if permanent {
+            &self.refused_items
+        } else {
+            &self.retry_items
+        };
+        counter.fetch_add(items, Ordering::AcqRel);
+        self.reason
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| reason.to_string());
+        self.settle();
+    }
 }
 
 /// What became of every record of a receipt.
@@ -114,31 +128,19 @@ impl Ack {
     /// The record is given up on; `permanent` when sending it again can never succeed.
     pub fn dropped(mut self, reason: &str, permanent: bool) {
         if let Some(inner) = self.inner.take() {
-            let counter = if permanent {
-                &inner.refused_items
-            } else {
-                &inner.retry_items
-            };
-            counter.fetch_add(self.items, Ordering::AcqRel);
-            inner
-                .reason
-                .lock()
-                .unwrap()
-                .get_or_insert_with(|| reason.to_string());
-            inner.settle();
+            inner.give_up(self.items, reason, permanent);
         }
     }
 }
 
 impl Drop for Ack {
     fn drop(&mut self) {
-        if self.inner.is_some() {
-            let inner = self.inner.take();
-            Ack {
-                inner,
-                items: self.items,
-            }
-            .dropped("the record was lost before it was stored", false);
+        if let Some(inner) = self.inner.take() {
+            inner.give_up(
+                self.items,
+                "the record was lost before it was stored",
+                false,
+            );
         }
     }
 }

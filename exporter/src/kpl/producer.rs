@@ -156,11 +156,6 @@ impl ProducerHandle {
         }
     }
 
-    /// Takes out the records Kinesis could never take (each counted and logged as a drop).
-    pub fn without_invalid(&self, records: Vec<UserRecord>) -> Vec<UserRecord> {
-        records.into_iter().filter(|r| self.accepts(r)).collect()
-    }
-
     /// Whether Kinesis could take `record`; a refusal is counted and logged as a drop.
     pub fn accepts(&self, record: &UserRecord) -> bool {
         self.refuse_invalid(record).is_ok()
@@ -380,11 +375,8 @@ impl Pipeline {
         while !self.jobs.is_empty() || !self.misplaced.is_empty() {
             tokio::select! {
                 Some(done) = self.jobs.join_next() => self.settle(done).await,
-                read = self.refresher.feed.changed(), if !self.misplaced.is_empty() => {
-                    if read.is_err() {
-                        // No reader any more: decide with the map at hand.
-                        self.resend_misplaced().await;
-                    }
+                // Also when the reader is gone (an error): then with the map at hand.
+                _ = self.refresher.feed.changed(), if !self.misplaced.is_empty() => {
                     self.map_read().await;
                 }
             }
