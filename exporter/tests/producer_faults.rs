@@ -101,20 +101,27 @@ async fn only_failed_entries_are_resent() {
         0
     );
 
+    // The entries that failed are retried at once; the throttled ones wait for their shard's
+    // backoff, so they go in a call of their own.
     let calls = standin.calls();
-    assert_eq!(
-        calls.len(),
-        2,
-        "one call, then one retry of the failed entries"
-    );
+    assert_eq!(calls.len(), 3, "one call, then one retry of each kind");
     assert_eq!(calls[0], entries_of(&records));
-    let failed: Vec<Entry> = calls[0]
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| i % 3 != 2)
-        .map(|(_, e)| e.clone())
-        .collect();
-    assert_eq!(calls[1], failed, "exactly the failed entries, in order");
+    let failed_with = |kind: usize| -> Vec<Entry> {
+        calls[0]
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % 3 == kind)
+            .map(|(_, e)| e.clone())
+            .collect()
+    };
+    let mut retries = vec![calls[1].clone(), calls[2].clone()];
+    retries.sort_by_key(|call| call[0].partition_key != calls[0][0].partition_key);
+    assert_eq!(
+        retries[0],
+        failed_with(0),
+        "the throttled entries, in order"
+    );
+    assert_eq!(retries[1], failed_with(1), "the failed entries, in order");
     assert_eq!(
         sorted(standin.stored()),
         sorted(entries_of(&records)),
@@ -136,7 +143,7 @@ async fn only_failed_entries_are_resent() {
     );
     assert_eq!(metrics.user_records_delivered.get(), 30);
     assert_eq!(metrics.dropped_total(), 0);
-    assert_eq!((metrics.calls("partial"), metrics.calls("ok")), (1, 1));
+    assert_eq!((metrics.calls("partial"), metrics.calls("ok")), (1, 2));
 }
 
 #[tokio::test]
@@ -192,7 +199,11 @@ async fn drops_are_counted_exactly_after_max_retries() {
         Reply::Entries(
             entries
                 .iter()
-                .map(|e| e.partition_key.starts_with("doomed").then_some(THROTTLED))
+                .map(|e| {
+                    e.partition_key
+                        .starts_with("doomed")
+                        .then_some("InternalFailure")
+                })
                 .collect(),
         )
     })
@@ -704,4 +715,133 @@ async fn several_misrouted_batches_in_flight_are_all_settled() {
             r.partition_key
         );
     }
+}
+
+/// Partition keys that Kinesis routes to the lower or the upper half of the hash key space.
+fn keys_in_half(upper: bool, n: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("key-{i}"))
+        .filter(|k| (partition_key_hash(k) > u128::MAX / 2) == upper)
+        .take(n)
+        .collect()
+}
+
+/// Two shards; the stand-in throttles every entry routed to the lower one while `throttling`
+/// is set, and stores everything else.
+async fn one_shard_throttled(throttling: Arc<std::sync::atomic::AtomicBool>) -> StandIn {
+    let standin = StandIn::start(move |_, entries| {
+        let throttle = throttling.load(std::sync::atomic::Ordering::SeqCst);
+        Reply::Entries(
+            entries
+                .iter()
+                .map(|e| {
+                    let hash = e
+                        .explicit_hash_key
+                        .as_ref()
+                        .map(|h| h.parse::<u128>().unwrap())
+                        .unwrap_or_else(|| partition_key_hash(&e.partition_key));
+                    (throttle && hash <= u128::MAX / 2).then_some(THROTTLED)
+                })
+                .collect(),
+        )
+    })
+    .await;
+    standin.set_shards(vec![
+        ("shardId-000000000000", 0, u128::MAX / 2),
+        ("shardId-000000000001", u128::MAX / 2 + 1, u128::MAX),
+    ]);
+    standin
+}
+
+#[tokio::test]
+async fn a_throttled_shard_holds_no_connection_and_spends_no_retry_while_the_others_flow() {
+    let throttling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let standin = one_shard_throttled(throttling.clone()).await;
+    // One connection and no retries: before throttled records were held per shard, the
+    // throttled shard's records were dropped at once, or, with retries, kept the only
+    // connection backing off while the other shard's records waited.
+    let mut config = producer_config(|kpl| {
+        unaggregated(kpl);
+        kpl.max_connections = 1;
+        kpl.max_retries = 0;
+        kpl.batch_count = 10;
+    });
+    config.flush_interval = Duration::from_millis(10);
+    let (producer, handle, metrics) = start(&standin, config).await;
+    let hot: Vec<_> = keys_in_half(false, 20)
+        .into_iter()
+        .map(|k| UserRecord::new(k, b"hot".to_vec()))
+        .collect();
+    let cold: Vec<_> = keys_in_half(true, 200)
+        .into_iter()
+        .map(|k| UserRecord::new(k, b"cold".to_vec()))
+        .collect();
+    for r in hot.iter().chain(&cold) {
+        handle.put(r.clone()).await.unwrap();
+    }
+    until("every record of the other shard stored", || {
+        standin.stored().len() == cold.len()
+    })
+    .await;
+    until("the throttled shard tried again", || {
+        metrics.records_throttled.get() >= 2 * hot.len() as u64
+    })
+    .await;
+    assert_eq!(metrics.dropped_total(), 0, "throttling drops nothing");
+    until("the throttled shard's records held", || {
+        metrics.throttled_held.get() == hot.len() as i64
+    })
+    .await;
+
+    throttling.store(false, std::sync::atomic::Ordering::SeqCst);
+    drop(handle);
+    producer.shutdown(Duration::from_secs(10)).await;
+    let all: Vec<_> = hot.iter().chain(&cold).cloned().collect();
+    assert_eq!(sorted(standin.stored()), sorted(entries_of(&all)));
+    assert_eq!(metrics.dropped_total(), 0);
+    assert_eq!(metrics.unsettled(), 0);
+    assert_eq!(metrics.throttled_held.get(), 0);
+}
+
+#[tokio::test]
+async fn records_held_by_a_throttled_shard_push_back_on_callers() {
+    let throttling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let standin = one_shard_throttled(throttling.clone()).await;
+    let mut config = producer_config(|kpl| {
+        unaggregated(kpl);
+        kpl.backlog_count = 5;
+        kpl.max_retries = 0;
+    });
+    config.flush_interval = Duration::from_millis(10);
+    let (producer, handle, metrics) = start(&standin, config).await;
+    let hot = keys_in_half(false, 100);
+    let mut accepted = Vec::new();
+    for key in hot {
+        let record = UserRecord::new(key, b"hot".to_vec());
+        match handle.try_put(record.clone()) {
+            Ok(()) => accepted.push(record),
+            Err(PutError::Full(_)) => break,
+            Err(e) => panic!("{e}"),
+        }
+        // Each record is throttled and held before the next; from the sixth on, the producer
+        // takes no more and they stay in the backlog.
+        let held = accepted.len().min(5);
+        until("the record held or queued", || {
+            metrics.throttled_held.get() as usize == held
+                && handle.backlog() == accepted.len() - held
+        })
+        .await;
+    }
+    // Five held after throttling, five more in the backlog that the producer no longer reads.
+    assert_eq!(
+        accepted.len(),
+        10,
+        "the backlog is full: callers are pushed back"
+    );
+    assert_eq!(metrics.dropped_total(), 0);
+    throttling.store(false, std::sync::atomic::Ordering::SeqCst);
+    drop(handle);
+    producer.shutdown(Duration::from_secs(10)).await;
+    assert_eq!(sorted(standin.stored()), sorted(entries_of(&accepted)));
+    assert_eq!(metrics.dropped_total(), 0);
 }

@@ -230,7 +230,9 @@ pub const SETTINGS: &[Setting] = &[
         origin: Origin::Seed,
         crd: Some("kpl.maxRetries"),
         description: "Retries before a record is dropped (counted and logged); attempts per \
-                      record = 1 + max_retries.",
+                      record = 1 + max_retries. Throttling spends no retry: a throttled \
+                      shard's records wait for its backoff, and a full backlog refuses new \
+                      requests instead.",
     },
     Setting {
         group: Group::Exporter,

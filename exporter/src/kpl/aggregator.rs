@@ -271,6 +271,7 @@ impl Aggregator {
                     data: Bytes::from(body),
                     user_records,
                     predicted_shard: None,
+                    after_throttle: false,
                 })
             }
         }

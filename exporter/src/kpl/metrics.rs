@@ -57,6 +57,8 @@ pub struct ProducerMetrics {
     pub in_flight_requests: Gauge,
     pub backlog: Gauge,
     pub backlog_capacity: Gauge,
+    /// User records Kinesis throttled, waiting for their shard's backoff.
+    pub throttled_held: Gauge,
     pub shard_map_refreshes: Family<ResultLabel, Counter>,
     pub wrong_shard_resends: Counter,
     /// Sum over every drop reason, for the settled-records arithmetic.
@@ -88,6 +90,7 @@ impl Default for ProducerMetrics {
             in_flight_requests: Gauge::default(),
             backlog: Gauge::default(),
             backlog_capacity: Gauge::default(),
+            throttled_held: Gauge::default(),
             shard_map_refreshes: Family::default(),
             wrong_shard_resends: Counter::default(),
             dropped_all: Counter::default(),
@@ -195,6 +198,12 @@ impl ProducerMetrics {
             "backlog_capacity_records",
             "User records the producer's backlog holds at most (kpl.backlog_count)",
             self.backlog_capacity.clone(),
+        );
+        registry.register(
+            "throttled_held_records",
+            "User records Kinesis throttled, held back until their shard's backoff has passed \
+             (no more are taken while a backlog's worth waits)",
+            self.throttled_held.clone(),
         );
         registry.register(
             "shard_map_refreshes",

@@ -16,6 +16,7 @@ pub mod record;
 mod refresher;
 mod sender;
 pub mod shard_map;
+mod throttled;
 
 pub use backoff::{delay as backoff_delay, jittered_delay};
 pub use client::{EntryResult, KinesisApi, RequestError};

@@ -21,6 +21,7 @@ use super::record::{InvalidRecord, KinesisRecord, UserRecord};
 use super::refresher::Refresher;
 use super::sender::{SendContext, SendOutcome, count_stored, send_batch};
 use super::shard_map::ShardMap;
+use super::throttled::Throttled;
 
 /// Everything the producer needs to know, in its own units.
 #[derive(Debug, Clone)]
@@ -298,6 +299,10 @@ struct Pipeline {
     /// waiting for the next read of the map to decide which of their records to send again.
     misplaced: Vec<(String, KinesisRecord)>,
     aggregators: FxHashMap<AggregateKey, Aggregator>,
+    /// Records Kinesis throttled, waiting for their shard's backoff.
+    throttled: Throttled,
+    /// User records sent again after a throttle whose sends have not settled yet.
+    throttled_in_flight: usize,
     batcher: Batcher,
     ready: Vec<Batch>,
     connections: Arc<Semaphore>,
@@ -329,6 +334,8 @@ impl Pipeline {
             limits: config.aggregate_limits(),
             batcher: Batcher::new(config.records_per_request, config.request_max_bytes),
             connections: Arc::new(Semaphore::new(config.max_connections)),
+            throttled: Throttled::new(config.base_backoff, config.max_backoff),
+            throttled_in_flight: 0,
             config,
             metrics,
             send,
@@ -351,9 +358,14 @@ impl Pipeline {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
         loop {
+            // While a backlog's worth of throttled records waits, no more are taken: callers
+            // wait for room and are then told to retry later, rather than being acknowledged
+            // for records that would only pile up here.
+            let room =
+                self.throttled.user_records() + self.throttled_in_flight < self.config.backlog;
             tokio::select! {
                 _ = &mut stop => break,
-                received = rx.recv() => match received {
+                received = rx.recv(), if room => match received {
                     Some(record) => {
                         self.metrics.backlog.set(rx.len() as i64);
                         self.add(record).await;
@@ -363,6 +375,7 @@ impl Pipeline {
                 _ = ticker.tick() => self.flush().await,
                 Some(done) = self.jobs.join_next() => self.settle(done).await,
                 Ok(()) = self.refresher.feed.changed() => self.map_read().await,
+                _ = Self::until(self.throttled.next_due()) => self.release_throttled().await,
             }
         }
         // Shutdown: take what callers already handed over, flush it, and wait for every send.
@@ -372,9 +385,10 @@ impl Pipeline {
         }
         self.metrics.backlog.set(0);
         self.flush().await;
-        while !self.jobs.is_empty() || !self.misplaced.is_empty() {
+        while !self.jobs.is_empty() || !self.misplaced.is_empty() || !self.throttled.is_empty() {
             tokio::select! {
                 Some(done) = self.jobs.join_next() => self.settle(done).await,
+                _ = Self::until(self.throttled.next_due()) => self.release_throttled().await,
                 // Also when the reader is gone (an error): then with the map at hand.
                 _ = self.refresher.feed.changed(), if !self.misplaced.is_empty() => {
                     self.map_read().await;
@@ -481,20 +495,73 @@ impl Pipeline {
         self.dispatch_ready().await;
     }
 
-    /// Acts on a finished send: aggregates that landed on an unexpected shard mean the map is
-    /// stale. They wait for the next read of the map, which is asked for; the producer goes on
-    /// meanwhile.
+    /// Acts on a finished send: throttled records are held back by shard; aggregates that
+    /// landed on an unexpected shard mean the map is stale. They wait for the next read of the
+    /// map, which is asked for; the producer goes on meanwhile.
     async fn settle(&mut self, done: Result<SendOutcome, tokio::task::JoinError>) {
         let outcome = match done {
             Ok(outcome) => outcome,
             Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Err(_) => return,
         };
+        self.throttled_in_flight -= outcome.after_throttle;
+        for shard in &outcome.stored_shards {
+            self.throttled.stored(shard);
+        }
+        self.hold_throttled(outcome.throttled);
         if outcome.wrong_shard.is_empty() {
             return;
         }
         self.misplaced.extend(outcome.wrong_shard);
         self.refresher.request();
+    }
+
+    /// Holds throttled records by the shard they are routed to (one backoff step per shard
+    /// per answer).
+    fn hold_throttled(&mut self, records: Vec<KinesisRecord>) {
+        if records.is_empty() {
+            return;
+        }
+        let mut by_shard: FxHashMap<String, Vec<KinesisRecord>> = FxHashMap::default();
+        for record in records {
+            let shard = match (&record.predicted_shard, &self.shard_map) {
+                (Some(predicted), _) => predicted.to_string(),
+                (None, Some(map)) => map
+                    .index_of(record.hash_key())
+                    .map(|i| map.get(i).id.to_string())
+                    .unwrap_or_default(),
+                (None, None) => String::new(),
+            };
+            by_shard.entry(shard).or_default().push(record);
+        }
+        let now = tokio::time::Instant::now();
+        for (shard, records) in by_shard {
+            self.throttled.hold(shard, records, now, rand::random());
+        }
+        self.metrics
+            .throttled_held
+            .set(self.throttled.user_records() as i64);
+    }
+
+    /// Sends again the throttled records whose shard's backoff has passed.
+    async fn release_throttled(&mut self) {
+        let due = self.throttled.take_due(tokio::time::Instant::now());
+        self.metrics
+            .throttled_held
+            .set(self.throttled.user_records() as i64);
+        for mut record in due {
+            record.after_throttle = true;
+            self.throttled_in_flight += record.user_records.len();
+            self.emit(record).await;
+        }
+    }
+
+    /// Resolves at `when`, or never.
+    async fn until(when: Option<tokio::time::Instant>) {
+        match when {
+            Some(when) => tokio::time::sleep_until(when).await,
+            None => std::future::pending().await,
+        }
     }
 
     /// A read of the shard map finished: take the new map, if any, then settle the misplaced

@@ -122,6 +122,9 @@ pub struct KinesisRecord {
     pub user_records: Vec<UserRecord>,
     /// The shard this record is expected to land on, when the shard map is known.
     pub predicted_shard: Option<std::sync::Arc<str>>,
+    /// Sent again after Kinesis throttled it: counted against the producer's room for
+    /// throttled records until its send settles.
+    pub after_throttle: bool,
 }
 
 impl KinesisRecord {
@@ -133,12 +136,19 @@ impl KinesisRecord {
             data: record.data.clone(),
             user_records: vec![record],
             predicted_shard: None,
+            after_throttle: false,
         }
     }
 
     /// Bytes Kinesis counts against its record and request limits: data plus partition key.
     pub fn billed_size(&self) -> usize {
         self.data.len() + self.partition_key.len()
+    }
+
+    /// Where Kinesis routes this record (see [`UserRecord::hash_key`]).
+    pub fn hash_key(&self) -> u128 {
+        self.explicit_hash_key
+            .unwrap_or_else(|| partition_key_hash(&self.partition_key))
     }
 
     pub fn is_aggregated(&self) -> bool {

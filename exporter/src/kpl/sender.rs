@@ -27,21 +27,35 @@ pub(super) struct SendContext {
 pub(super) struct SendOutcome {
     /// Aggregates stored on another shard than predicted, with the shard they landed on.
     pub wrong_shard: Vec<(String, KinesisRecord)>,
+    /// Records Kinesis throttled: the producer holds them back per shard (see `throttled`).
+    pub throttled: Vec<KinesisRecord>,
+    /// Shards that stored at least one record of the batch.
+    pub stored_shards: Vec<String>,
+    /// User records of the batch that were sent again after a throttle (now settled).
+    pub after_throttle: usize,
 }
 
 pub(super) const DROP_RETRIES_EXHAUSTED: &str = "retries_exhausted";
 pub(super) const DROP_PERMANENT_ERROR: &str = "permanent_error";
 
-/// Sends `pending` until every record is stored or dropped. Holds its connection permit
-/// throughout, also while backing off: when Kinesis throttles, that is what slows the producer
-/// and pushes back on callers instead of piling up retries in memory.
+/// Sends `pending` until every record is stored, dropped, or throttled. Throttled records go
+/// back to the producer, which holds them per shard: throttling spends no retry and holds no
+/// connection. Other failures are retried here, holding the connection permit while backing
+/// off, so that an outage slows the producer instead of piling up retries in memory.
 pub(super) async fn send_batch(
     ctx: Arc<SendContext>,
     mut pending: Vec<KinesisRecord>,
     _connection: OwnedSemaphorePermit,
 ) -> SendOutcome {
     let metrics = &ctx.metrics;
-    let mut outcome = SendOutcome::default();
+    let mut outcome = SendOutcome {
+        after_throttle: pending
+            .iter()
+            .filter(|r| r.after_throttle)
+            .map(|r| r.user_records.len())
+            .sum(),
+        ..SendOutcome::default()
+    };
     let mut retry = 0u32;
     loop {
         metrics.in_flight_requests.inc();
@@ -75,17 +89,18 @@ pub(super) async fn send_batch(
                     .failed(Operation::PutRecords, "Timeout", &message, true);
                 failed.extend(pending.drain(..).map(|r| (r, "Timeout".to_string())));
             }
+            Ok(Err(error)) if error.retryable && is_throttling(&error.code) => {
+                count_call(metrics, "error");
+                tracing::debug!(code = %error.code, message = %error.message, "PutRecords throttled");
+                throttled(metrics, &error.code, pending.len());
+                outcome.throttled.append(&mut pending);
+            }
             Ok(Err(error)) if error.retryable => {
                 count_call(metrics, "error");
                 tracing::debug!(code = %error.code, message = %error.message, "PutRecords failed; will retry");
-                if is_throttling(&error.code) {
-                    metrics.records_throttled.inc_by(pending.len() as u64);
-                    metrics.health.throttled();
-                } else {
-                    metrics
-                        .health
-                        .failed(Operation::PutRecords, &error.code, &error.message, true);
-                }
+                metrics
+                    .health
+                    .failed(Operation::PutRecords, &error.code, &error.message, true);
                 failed.extend(pending.drain(..).map(|r| (r, error.code.clone())));
             }
             Ok(Err(error)) => {
@@ -105,6 +120,8 @@ pub(super) async fn send_batch(
             Ok(Ok(results)) => {
                 metrics.health.succeeded();
                 let mut partial = false;
+                // One count per answer: the code of its first throttled entry and how many.
+                let mut throttle: Option<(String, usize)> = None;
                 for (record, result) in pending.drain(..).zip(results) {
                     match result {
                         EntryResult::Stored { shard_id } => {
@@ -113,6 +130,9 @@ pub(super) async fn send_batch(
                                     .predicted_shard
                                     .as_deref()
                                     .is_some_and(|p| p != shard_id);
+                            if !outcome.stored_shards.contains(&shard_id) {
+                                outcome.stored_shards.push(shard_id.clone());
+                            }
                             if wrong {
                                 outcome.wrong_shard.push((shard_id, record));
                             } else {
@@ -133,15 +153,19 @@ pub(super) async fn send_batch(
                                 vec![record],
                             );
                         }
+                        EntryResult::Failed { code, .. } if is_throttling(&code) => {
+                            partial = true;
+                            throttle.get_or_insert((code, 0)).1 += 1;
+                            outcome.throttled.push(record);
+                        }
                         EntryResult::Failed { code, .. } => {
                             partial = true;
-                            if is_throttling(&code) {
-                                metrics.records_throttled.inc();
-                                metrics.health.throttled();
-                            }
                             failed.push((record, code));
                         }
                     }
+                }
+                if let Some((code, records)) = throttle {
+                    throttled(metrics, &code, records);
                 }
                 count_call(metrics, if partial { "partial" } else { "ok" });
             }
@@ -180,6 +204,19 @@ fn is_throttling(code: &str) -> bool {
     code.contains("ProvisionedThroughputExceeded")
         || code.contains("LimitExceeded")
         || code.contains("Throttl")
+}
+
+/// Counts records throttled in one answer; each will be sent again once its shard's backoff
+/// has passed.
+fn throttled(metrics: &ProducerMetrics, code: &str, records: usize) {
+    metrics.health.throttled();
+    metrics.records_throttled.inc_by(records as u64);
+    metrics
+        .records_retried
+        .get_or_create(&ErrorCodeLabel {
+            error_code: code.to_string(),
+        })
+        .inc_by(records as u64);
 }
 
 fn count_call(metrics: &ProducerMetrics, result: &'static str) {
