@@ -19,6 +19,17 @@ use kinesis_exporter::{aws, kpl};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc v3's `mi_option_purge_delay` (the position in its `mi_option_e`; the Rust crate
+/// has no constant for it). By default freed pages are purged a second later, but only when
+/// the allocator runs again: an exporter gone idle after one huge request kept its peak RSS.
+/// 0 purges at once; `tests/test_memory.py` checks that RSS comes back down.
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+fn return_freed_memory_at_once() {
+    // SAFETY: sets a plain integer option; mimalloc reads options at any time.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+}
+
 /// Receives OpenTelemetry data and writes it to Amazon Kinesis through a KPL-grade producer.
 #[derive(Parser)]
 #[command(version, about, args_conflicts_with_subcommands = true)]
@@ -64,6 +75,7 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    return_freed_memory_at_once();
     let cli = Cli::parse();
     telemetry::init_logging(cli.log_format);
     let config_path = cli
