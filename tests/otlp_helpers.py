@@ -101,11 +101,13 @@ class ExporterProcess(ChildProcess):
 
     ``exporters`` maps exporter ids (``kinesis``, ``kinesis/traces``...) to their config;
     ``pipelines`` is ``service.pipelines`` (None: no pipelines key, the default routing);
-    ``grpc``/``http`` add receiver options (``max_recv_msg_size_mib``, ``max_request_body_size``).
+    ``grpc``/``http`` add receiver options (``max_recv_msg_size_mib``, ``max_request_body_size``);
+    ``otlp_options`` keys of ``receivers.otlp`` itself (``request_memory_limit_mib``).
     """
 
     def __init__(self, binary: Path, workdir: Path, exporters: dict, *, pipelines: dict | None = None,
                  grpc_options: dict | None = None, http_options: dict | None = None,
+                 otlp_options: dict | None = None,
                  args: Iterable[str] = (), env: dict | None = None, name: str = "exporter"):
         super().__init__(name, workdir / f"{name}.log")
         self.binary = binary
@@ -116,7 +118,7 @@ class ExporterProcess(ChildProcess):
             "receivers": {"otlp": {"protocols": {
                 "grpc": {"endpoint": ANY_LOCAL_PORT, **(grpc_options or {})},
                 "http": {"endpoint": ANY_LOCAL_PORT, **(http_options or {})},
-            }}},
+            }, **(otlp_options or {})}},
             "exporters": exporters,
             "service": {"telemetry": {"metrics": {"address": ANY_LOCAL_PORT}}},
         }
@@ -194,6 +196,13 @@ class ExporterProcess(ChildProcess):
     def metrics(self) -> "PromSamples":
         with urllib.request.urlopen(self.telemetry_url("/metrics"), timeout=10) as response:
             return PromSamples.parse(response.read().decode())
+
+    def status(self, exporter: str = "kinesis") -> dict:
+        """That exporter's entry of ``/status``: records_received, records_delivered,
+        records_dropped (by reason), records_throttled, backlog_records, last_error..."""
+        with urllib.request.urlopen(self.telemetry_url("/status"), timeout=10) as response:
+            entries = json.load(response)["exporters"]
+        return next(entry for entry in entries if entry["exporter"] == exporter)
 
 
 def http_status(url: str, timeout: float = 2) -> int:

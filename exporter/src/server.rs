@@ -149,7 +149,11 @@ pub async fn serve(
     }
     let ingress_metrics = IngressMetrics::default();
     ingress_metrics.register(&mut registry);
-    let ingress = Ingress::new(ingress::routes(config, &handles), ingress_metrics);
+    let ingress = Ingress::new(
+        ingress::routes(config, &handles),
+        ingress_metrics,
+        config.receivers.otlp.request_memory_limit_mib,
+    );
     drop(handles);
 
     let addresses = listeners.local_addresses()?;

@@ -114,7 +114,7 @@ async fn only_failed_entries_are_resent() {
             .map(|(_, e)| e.clone())
             .collect()
     };
-    let mut retries = vec![calls[1].clone(), calls[2].clone()];
+    let mut retries = [calls[1].clone(), calls[2].clone()];
     retries.sort_by_key(|call| call[0].partition_key != calls[0][0].partition_key);
     assert_eq!(
         retries[0],

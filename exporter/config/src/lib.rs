@@ -104,6 +104,8 @@ pub struct Receivers {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct OtlpReceiver {
     pub protocols: OtlpProtocols,
+    /// Ours: MiB of requests being decoded and encoded at once, over both protocols.
+    pub request_memory_limit_mib: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -383,23 +385,32 @@ impl Default for Receivers {
     fn default() -> Self {
         Receivers {
             otlp: OtlpReceiver {
+                request_memory_limit_mib: receiver_default("request_memory_limit_mib"),
                 protocols: OtlpProtocols {
                     grpc: GrpcProtocol {
-                        endpoint: text_default(Group::Receiver, "grpc.endpoint"),
-                        max_recv_msg_size_mib: receiver_default("grpc.max_recv_msg_size_mib"),
-                        max_concurrent_streams: receiver_default("grpc.max_concurrent_streams"),
-                        max_connections: receiver_default("grpc.max_connections"),
-                        keepalive_time_seconds: receiver_default("grpc.keepalive_time_seconds"),
+                        endpoint: text_default(Group::Receiver, "protocols.grpc.endpoint"),
+                        max_recv_msg_size_mib: receiver_default(
+                            "protocols.grpc.max_recv_msg_size_mib",
+                        ),
+                        max_concurrent_streams: receiver_default(
+                            "protocols.grpc.max_concurrent_streams",
+                        ),
+                        max_connections: receiver_default("protocols.grpc.max_connections"),
+                        keepalive_time_seconds: receiver_default(
+                            "protocols.grpc.keepalive_time_seconds",
+                        ),
                         keepalive_timeout_seconds: receiver_default(
-                            "grpc.keepalive_timeout_seconds",
+                            "protocols.grpc.keepalive_timeout_seconds",
                         ),
                     },
                     http: HttpProtocol {
-                        endpoint: text_default(Group::Receiver, "http.endpoint"),
-                        max_request_body_size: receiver_default("http.max_request_body_size"),
-                        max_connections: receiver_default("http.max_connections"),
+                        endpoint: text_default(Group::Receiver, "protocols.http.endpoint"),
+                        max_request_body_size: receiver_default(
+                            "protocols.http.max_request_body_size",
+                        ),
+                        max_connections: receiver_default("protocols.http.max_connections"),
                         read_header_timeout_seconds: receiver_default(
-                            "http.read_header_timeout_seconds",
+                            "protocols.http.read_header_timeout_seconds",
                         ),
                     },
                 },

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 pub enum Group {
     /// Under `exporters.kinesis` (and every `exporters.kinesis/<name>`).
     Exporter,
-    /// Under `receivers.otlp.protocols`.
+    /// Under `receivers.otlp`.
     Receiver,
     /// Under `service`.
     Service,
@@ -20,7 +20,7 @@ impl Group {
     pub fn prefix(self) -> &'static str {
         match self {
             Group::Exporter => "exporters.kinesis",
-            Group::Receiver => "receivers.otlp.protocols",
+            Group::Receiver => "receivers.otlp",
             Group::Service => "service",
         }
     }
@@ -343,7 +343,7 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         group: Group::Receiver,
-        key: "grpc.endpoint",
+        key: "protocols.grpc.endpoint",
         kind: Kind::Text {
             default: Some("0.0.0.0:4317"),
             rule: "must be host:port, e.g. 0.0.0.0:4317",
@@ -354,7 +354,7 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         group: Group::Receiver,
-        key: "grpc.max_recv_msg_size_mib",
+        key: "protocols.grpc.max_recv_msg_size_mib",
         kind: integer(4, 1, 1024, "MiB"),
         origin: Origin::Collector,
         crd: None,
@@ -363,7 +363,7 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         group: Group::Receiver,
-        key: "grpc.max_concurrent_streams",
+        key: "protocols.grpc.max_concurrent_streams",
         kind: integer(100, 1, 10_000, ""),
         origin: Origin::Collector,
         crd: None,
@@ -371,7 +371,7 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         group: Group::Receiver,
-        key: "grpc.max_connections",
+        key: "protocols.grpc.max_connections",
         kind: integer(1000, 1, 100_000, ""),
         origin: Origin::Ours,
         crd: None,
@@ -379,7 +379,7 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         group: Group::Receiver,
-        key: "grpc.keepalive_time_seconds",
+        key: "protocols.grpc.keepalive_time_seconds",
         kind: integer(60, 1, 86_400, "seconds"),
         origin: Origin::Ours,
         crd: None,
@@ -388,7 +388,7 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         group: Group::Receiver,
-        key: "grpc.keepalive_timeout_seconds",
+        key: "protocols.grpc.keepalive_timeout_seconds",
         kind: integer(20, 1, 3600, "seconds"),
         origin: Origin::Ours,
         crd: None,
@@ -397,7 +397,7 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         group: Group::Receiver,
-        key: "http.endpoint",
+        key: "protocols.http.endpoint",
         kind: Kind::Text {
             default: Some("0.0.0.0:4318"),
             rule: "must be host:port, e.g. 0.0.0.0:4318",
@@ -408,7 +408,7 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         group: Group::Receiver,
-        key: "http.max_request_body_size",
+        key: "protocols.http.max_request_body_size",
         kind: integer(20_971_520, 1, 1_073_741_824, "bytes"),
         origin: Origin::Collector,
         crd: None,
@@ -416,7 +416,7 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         group: Group::Receiver,
-        key: "http.max_connections",
+        key: "protocols.http.max_connections",
         kind: integer(1000, 1, 100_000, ""),
         origin: Origin::Ours,
         crd: None,
@@ -424,12 +424,26 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting {
         group: Group::Receiver,
-        key: "http.read_header_timeout_seconds",
+        key: "protocols.http.read_header_timeout_seconds",
         kind: integer(10, 1, 3600, "seconds"),
         origin: Origin::Ours,
         crd: None,
         description: "A connection that has not sent a whole request head within this is \
                       closed (a half-sent request, an idle keep-alive connection).",
+    },
+    Setting {
+        group: Group::Receiver,
+        key: "request_memory_limit_mib",
+        kind: integer(512, 16, 65_536, "MiB"),
+        origin: Origin::Ours,
+        crd: None,
+        description: "Memory for OTLP requests being decoded and cut into records, over both \
+                      protocols. A request is admitted before it is decoded, counted at 24 \
+                      times its decompressed size (the worst case measured, many one-span \
+                      traces, is 19); it waits for room up to the exporters' enqueue_timeout_seconds, \
+                      then gets 503 / UNAVAILABLE; one larger than the whole limit gets 413 / \
+                      RESOURCE_EXHAUSTED. Records queued after that are bounded by \
+                      kpl.backlog_count. About half the pod's memory limit.",
     },
     Setting {
         group: Group::Service,

@@ -283,6 +283,9 @@ fn walk_receivers(value: Option<&Value>, errors: &mut Vec<ConfigError>) -> Recei
         http.endpoint = endpoint;
     }
     protocols.finish(errors);
+    let setting = settings::setting(Group::Receiver, "request_memory_limit_mib");
+    receivers.otlp.request_memory_limit_mib =
+        otlp.integer("request_memory_limit_mib", setting, errors);
     otlp.finish(errors);
     section.finish(errors);
     receivers
@@ -297,10 +300,10 @@ fn walk_protocol<'a>(
     errors: &mut Vec<ConfigError>,
 ) -> Option<String> {
     let mut protocol = Section::new(&format!("receivers.otlp.protocols.{name}"), value, errors);
-    let check = check_listen_address(Group::Receiver, format!("{name}.endpoint"));
+    let check = check_listen_address(Group::Receiver, format!("protocols.{name}.endpoint"));
     let endpoint = protocol.string("endpoint", check, errors);
     for (key, field) in integers {
-        let setting = settings::setting(Group::Receiver, &format!("{name}.{key}"));
+        let setting = settings::setting(Group::Receiver, &format!("protocols.{name}.{key}"));
         *field = protocol.integer(key, setting, errors);
     }
     protocol.finish(errors);

@@ -10,12 +10,14 @@ use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use bytes::{Buf, Bytes};
 use prost::Message;
 use tonic::Status;
 use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 
 use super::signal::{Logs, Metrics, OtlpSignal, Traces};
 use super::{ExportError, Ingress};
+use crate::config::Signal;
 
 #[derive(Clone)]
 struct GrpcState {
@@ -56,34 +58,40 @@ fn status_only(code: tonic::Code) -> Response {
 /// Runs one unary Export call through tonic's framing, compression and size limits.
 async fn unary<S: OtlpSignal>(State(state): State<GrpcState>, request: Request) -> Response {
     let signal = S::SIGNAL;
-    let mut grpc = tonic::server::Grpc::new(OtlpCodec::<S::Response, S::Request>::default())
+    // The codec hands over the message's bytes undecoded, so that the request is admitted
+    // into the memory budget by its size before it is decoded (see `memory`).
+    let mut grpc = tonic::server::Grpc::new(OtlpCodec::<S::Response>::default())
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(state.max_message);
     let ingress = state.ingress.clone();
-    let service = tower::service_fn(move |request: tonic::Request<S::Request>| {
+    let service = tower::service_fn(move |request: tonic::Request<Bytes>| {
         let ingress = ingress.clone();
         async move {
-            let result = ingress
-                .export(signal, "grpc", request.into_inner(), S::encode)
-                .await;
-            match result {
+            let message = request.into_inner();
+            let memory = match ingress.admit(signal, message.len()).await {
+                Ok(permit) => permit,
+                Err(e) => return Err(refused(signal, &ingress, e)),
+            };
+            let decoded = S::Request::decode(message);
+            let request = match decoded {
+                Ok(request) => request,
+                Err(e) => {
+                    ingress.metrics.request(signal, "grpc", "bad_request");
+                    return Err(Status::invalid_argument(format!(
+                        "cannot decode the OTLP request: {e}"
+                    )));
+                }
+            };
+            match ingress
+                .export(signal, "grpc", request, S::encode, memory)
+                .await
+            {
                 Ok(accepted) => {
                     ingress.metrics.request(signal, "grpc", "ok");
                     Ok(tonic::Response::new(S::respond(&accepted)))
                 }
-                Err(e @ ExportError::NotRouted(_)) => {
-                    ingress.metrics.request(signal, "grpc", "not_routed");
-                    Err(Status::unimplemented(e.to_string()))
-                }
-                Err(e @ ExportError::TooLarge { .. }) => {
-                    ingress.metrics.request(signal, "grpc", "too_large");
-                    Err(Status::resource_exhausted(e.to_string()))
-                }
-                Err(e) => {
-                    ingress.metrics.request(signal, "grpc", "unavailable");
-                    Err(Status::unavailable(e.to_string()))
-                }
+                Err(e) => Err(refused(signal, &ingress, e)),
             }
         }
     });
@@ -109,31 +117,53 @@ async fn unary<S: OtlpSignal>(State(state): State<GrpcState>, request: Request) 
     response.into_response()
 }
 
-/// Protobuf codec whose decode errors are INVALID_ARGUMENT.
-struct OtlpCodec<E, D>(PhantomData<(E, D)>);
+/// The status of a request that was not taken, counted by outcome.
+fn refused(signal: Signal, ingress: &Ingress, e: ExportError) -> Status {
+    match e {
+        ExportError::NotRouted(_) => {
+            ingress.metrics.request(signal, "grpc", "not_routed");
+            Status::unimplemented(e.to_string())
+        }
+        ExportError::TooLarge { .. } | ExportError::OverMemoryLimit { .. } => {
+            ingress.metrics.request(signal, "grpc", "too_large");
+            Status::resource_exhausted(e.to_string())
+        }
+        ExportError::Busy(_)
+        | ExportError::ShuttingDown
+        | ExportError::NotStored { .. }
+        | ExportError::MemoryFull { .. } => {
+            ingress.metrics.request(signal, "grpc", "unavailable");
+            Status::unavailable(e.to_string())
+        }
+    }
+}
 
-impl<E, D> Default for OtlpCodec<E, D> {
+/// Encodes responses with protobuf; hands requests over as their undecoded bytes (decoded by
+/// the handler once admitted, a decode error being INVALID_ARGUMENT: tonic's own codec says
+/// INTERNAL, which OTLP clients would retry forever).
+struct OtlpCodec<E>(PhantomData<E>);
+
+impl<E> Default for OtlpCodec<E> {
     fn default() -> Self {
         OtlpCodec(PhantomData)
     }
 }
 
-impl<E, D> Codec for OtlpCodec<E, D>
+impl<E> Codec for OtlpCodec<E>
 where
     E: Message + Send + 'static,
-    D: Message + Default + Send + 'static,
 {
     type Encode = E;
-    type Decode = D;
+    type Decode = Bytes;
     type Encoder = OtlpEncoder<E>;
-    type Decoder = OtlpDecoder<D>;
+    type Decoder = RawDecoder;
 
     fn encoder(&mut self) -> Self::Encoder {
         OtlpEncoder(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        OtlpDecoder(PhantomData)
+        RawDecoder
     }
 }
 
@@ -149,15 +179,14 @@ impl<E: Message> Encoder for OtlpEncoder<E> {
     }
 }
 
-struct OtlpDecoder<D>(PhantomData<D>);
+/// One whole message, as its bytes.
+struct RawDecoder;
 
-impl<D: Message + Default> Decoder for OtlpDecoder<D> {
-    type Item = D;
+impl Decoder for RawDecoder {
+    type Item = Bytes;
     type Error = Status;
 
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<D>, Status> {
-        D::decode(src)
-            .map(Some)
-            .map_err(|e| Status::invalid_argument(format!("cannot decode the OTLP request: {e}")))
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }

@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 
 use super::signal::{Logs, Metrics, OtlpSignal, Traces};
 use super::{ExportError, Ingress};
+use crate::config::Signal;
 
 const PROTOBUF: &str = "application/x-protobuf";
 const JSON: &str = "application/json";
@@ -93,6 +94,12 @@ async fn handle<S: OtlpSignal>(
             return error(format, status, message);
         }
     };
+    // Admitted by size before it is decoded: decoding and cutting into records is where a
+    // request's memory is (see `memory`).
+    let memory = match ingress.admit(signal, body.len()).await {
+        Ok(permit) => permit,
+        Err(e) => return refused(signal, ingress, format, e),
+    };
     let request: S::Request = match decode(format, &body) {
         Ok(request) => request,
         Err(message) => {
@@ -104,7 +111,11 @@ async fn handle<S: OtlpSignal>(
             );
         }
     };
-    match ingress.export(signal, "http", request, S::encode).await {
+    drop(body);
+    match ingress
+        .export(signal, "http", request, S::encode, memory)
+        .await
+    {
         Ok(accepted) => {
             ingress.metrics.request(signal, "http", "ok");
             let response = S::respond(&accepted);
@@ -114,9 +125,17 @@ async fn handle<S: OtlpSignal>(
             };
             ([(header::CONTENT_TYPE, content_type(format))], body).into_response()
         }
-        Err(
-            e @ (ExportError::Busy(_) | ExportError::ShuttingDown | ExportError::NotStored { .. }),
-        ) => {
+        Err(e) => refused(signal, ingress, format, e),
+    }
+}
+
+/// The answer to a request that was not taken, counted by outcome.
+fn refused(signal: Signal, ingress: &Ingress, format: Format, e: ExportError) -> Response {
+    match e {
+        ExportError::Busy(_)
+        | ExportError::ShuttingDown
+        | ExportError::NotStored { .. }
+        | ExportError::MemoryFull { .. } => {
             ingress.metrics.request(signal, "http", "unavailable");
             let mut response = error(format, StatusCode::SERVICE_UNAVAILABLE, e.to_string());
             response.headers_mut().insert(
@@ -125,10 +144,8 @@ async fn handle<S: OtlpSignal>(
             );
             response
         }
-        Err(e @ ExportError::NotRouted(_)) => {
-            (StatusCode::NOT_FOUND, e.to_string()).into_response()
-        }
-        Err(e @ ExportError::TooLarge { .. }) => {
+        ExportError::NotRouted(_) => (StatusCode::NOT_FOUND, e.to_string()).into_response(),
+        ExportError::TooLarge { .. } | ExportError::OverMemoryLimit { .. } => {
             ingress.metrics.request(signal, "http", "too_large");
             error(format, StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
         }

@@ -3,6 +3,7 @@
 
 pub mod grpc;
 pub mod http;
+pub mod memory;
 mod signal;
 
 use std::collections::HashMap;
@@ -18,6 +19,7 @@ use crate::config::{Delivery, Signal};
 use crate::encoding::{Encoded, RecordFormat};
 use crate::kpl::ack::{Outcome, Receipt};
 use crate::kpl::{ProducerHandle, PutError};
+use memory::{MemoryBudget, MemoryPermit, Refusal};
 
 /// One exporter a signal is routed to.
 #[derive(Clone)]
@@ -40,6 +42,22 @@ pub enum ExportError {
     Busy(String),
     #[error("the exporter is shutting down")]
     ShuttingDown,
+    /// Requests being decoded hold the whole memory budget.
+    #[error(
+        "requests under way fill receivers.otlp.request_memory_limit_mib ({limit_mib} MiB); \
+         retry later"
+    )]
+    MemoryFull { limit_mib: u64 },
+    /// The request alone is counted at more than the whole memory budget.
+    #[error(
+        "a request of {bytes} bytes is counted at {cost_mib} MiB while decoded, more than \
+         receivers.otlp.request_memory_limit_mib ({limit_mib} MiB); send smaller requests"
+    )]
+    OverMemoryLimit {
+        bytes: usize,
+        cost_mib: u64,
+        limit_mib: u64,
+    },
     /// Acknowledged delivery: records were given up on for a reason that may pass.
     #[error("{items} items were not stored ({reason}); retry later")]
     NotStored { items: u64, reason: String },
@@ -121,10 +139,16 @@ impl IngressMetrics {
 pub struct Ingress {
     routes: HashMap<Signal, Vec<Route>>,
     pub metrics: IngressMetrics,
+    memory: MemoryBudget,
+    memory_limit_mib: u64,
 }
 
 impl Ingress {
-    pub fn new(routes: HashMap<Signal, Vec<Route>>, metrics: IngressMetrics) -> Arc<Self> {
+    pub fn new(
+        routes: HashMap<Signal, Vec<Route>>,
+        metrics: IngressMetrics,
+        memory_limit_mib: u64,
+    ) -> Arc<Self> {
         // Every series of a routed signal exists at 0 from the start, so that the first
         // refusal is an increase that rate() and alerts see, not the birth of a series.
         for signal in routes.keys() {
@@ -144,20 +168,75 @@ impl Ingress {
                 }
             }
         }
-        Arc::new(Ingress { routes, metrics })
+        Arc::new(Ingress {
+            routes,
+            metrics,
+            memory: MemoryBudget::new(memory_limit_mib),
+            memory_limit_mib,
+        })
+    }
+
+    /// How long a request of `signal` may wait for room: its routes' shortest enqueue timeout.
+    fn deadline(&self, signal: Signal) -> tokio::time::Instant {
+        let wait = self
+            .routes
+            .get(&signal)
+            .into_iter()
+            .flatten()
+            .map(|r| r.enqueue_timeout)
+            .min()
+            .unwrap_or_default();
+        tokio::time::Instant::now() + wait
+    }
+
+    /// Admits a request of `request_bytes` (decompressed) before it is decoded: see
+    /// [`memory`].
+    pub async fn admit(
+        &self,
+        signal: Signal,
+        request_bytes: usize,
+    ) -> Result<MemoryPermit, ExportError> {
+        match self
+            .memory
+            .admit(request_bytes, self.deadline(signal))
+            .await
+        {
+            Ok(permit) => Ok(permit),
+            Err(Refusal::Full) => {
+                tracing::warn!(
+                    signal = signal.as_str(),
+                    bytes = request_bytes,
+                    limit_mib = self.memory_limit_mib,
+                    "refusing a request: requests under way hold the whole memory budget"
+                );
+                Err(ExportError::MemoryFull {
+                    limit_mib: self.memory_limit_mib,
+                })
+            }
+            Err(Refusal::LargerThanLimit {
+                cost_mib,
+                limit_mib,
+            }) => Err(ExportError::OverMemoryLimit {
+                bytes: request_bytes,
+                cost_mib,
+                limit_mib,
+            }),
+        }
     }
 
     pub fn accepts(&self, signal: Signal) -> bool {
         self.routes.get(&signal).is_some_and(|r| !r.is_empty())
     }
 
-    /// Cuts `request` into records for each route of `signal` and puts them.
+    /// Cuts `request` into records for each route of `signal` and puts them. `memory`, the
+    /// request's room in the memory budget, is given back once its records are queued.
     pub async fn export<R: Clone>(
         &self,
         signal: Signal,
         protocol: &'static str,
         request: R,
         encode: impl Fn(R, &RecordFormat) -> Encoded,
+        memory: MemoryPermit,
     ) -> Result<Accepted, ExportError> {
         let routes = self
             .routes
@@ -220,12 +299,7 @@ impl Ingress {
             }
             batches.push(records);
         }
-        let deadline = routes
-            .iter()
-            .map(|r| r.enqueue_timeout)
-            .min()
-            .map(|wait| tokio::time::Instant::now() + wait)
-            .unwrap_or_else(tokio::time::Instant::now);
+        let deadline = self.deadline(signal);
         let mut reserved = Vec::with_capacity(routes.len());
         for (route, records) in routes.iter().zip(&batches) {
             match route.producer.reserve(records.len(), deadline).await {
@@ -244,6 +318,8 @@ impl Ingress {
         for (room, records) in reserved.into_iter().zip(batches) {
             room.admit(records);
         }
+        // From here the records are the backlog's (bounded by kpl.backlog_count).
+        drop(memory);
         // Acknowledged delivery: answer once every record is stored or given up on. A refused
         // request drops its acks with its records above, which settles nothing anyone awaits.
         if routes.iter().any(|r| r.delivery == Delivery::Acknowledged) {

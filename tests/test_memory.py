@@ -1,0 +1,132 @@
+"""Memory is bounded by configuration (``receivers.otlp.request_memory_limit_mib``): a request
+is admitted by its size before it is decoded, so the peak RSS a client can cause is the idle
+RSS plus that limit, whatever it sends; and memory goes back to the system after a spike.
+
+The worst input known is many one-span traces: each 33-byte span becomes a decoded span and a
+Kinesis user record of its own. Before the budget, one 19.8 MB request of 600k of them took
+the exporter to 1.37 GB, and four 4 MiB gRPC messages at once to 708 MB.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+
+import grpc
+import requests
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+from conftest import create_stream, wait_for
+from otlp_helpers import kinesis_exporter
+
+MIB = 1024 * 1024
+# What the exporter counts a request at, per decompressed byte (ingress/memory.rs).
+BYTES_HELD_PER_REQUEST_BYTE = 24
+TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+def one_span_traces(spans: int) -> bytes:
+    """An OTLP traces request of ``spans`` one-span traces of 33 bytes each (random ids)."""
+    request = ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    for _ in range(spans):
+        span = scope.spans.add()
+        span.trace_id = os.urandom(16)
+        span.span_id = os.urandom(8)
+        span.name = "x"
+    return request.SerializeToString()
+
+
+def memory_mib(pid: int, field: str) -> float:
+    """VmRSS (now) or VmHWM (the peak so far) of a process, in MiB."""
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} for pid {pid}")
+
+
+def start(kinesalite, exporter_process, *, limit_mib: int, **exporter_options):
+    stream = f"memory-{uuid.uuid4().hex[:8]}"
+    create_stream(kinesalite, stream, 2)
+    proc = exporter_process({"kinesis": kinesis_exporter(stream, kinesalite, **exporter_options)},
+                            otlp_options={"request_memory_limit_mib": limit_mib},
+                            http_options={"max_request_body_size": 64 * MIB},
+                            grpc_options={"max_recv_msg_size_mib": 64})
+    return proc, memory_mib(proc.proc.pid, "VmRSS")
+
+
+def test_the_600k_span_request_stays_within_the_bound_and_memory_comes_back(kinesalite, exporter_process):
+    body = one_span_traces(600_000)
+    cost_mib = len(body) * BYTES_HELD_PER_REQUEST_BYTE / MIB
+    proc, idle = start(kinesalite, exporter_process, limit_mib=512, kpl={"backlog_count": 1_000_000})
+    response = requests.post(proc.http_url("/v1/traces"), data=body,
+                             headers={"Content-Type": "application/x-protobuf"}, timeout=300)
+    assert response.status_code == 200, response.text[:300]
+    wait_for(lambda: proc.status()["records_delivered"] == 600_000, 120, "600k records stored")
+    peak = memory_mib(proc.proc.pid, "VmHWM")
+    print(f"\n{len(body) / 1e6:.1f} MB request of 600k one-span traces: idle {idle:.0f} MiB, "
+          f"peak {peak:.0f} MiB (+{peak - idle:.0f}; counted at {cost_mib:.0f} MiB)")
+    assert peak - idle <= cost_mib, f"peak {peak:.0f} MiB over idle {idle:.0f} + the counted {cost_mib:.0f}"
+    # Freed memory goes back to the system: no RSS held at the peak once the records are stored.
+    wait_for(lambda: memory_mib(proc.proc.pid, "VmRSS") < idle + 64, 30,
+             "RSS back within 64 MiB of idle", interval=0.2)
+
+
+def test_concurrent_large_grpc_messages_wait_for_room_instead_of_adding_up(kinesalite, exporter_process):
+    """Four 4 MiB messages at once, 64 MiB each as counted, against a 100 MiB budget: they are
+    decoded one at a time (all succeed, waiting for room), and the peak stays under the limit."""
+    message = one_span_traces(126_000)  # 4.16 MB
+    assert len(message) * BYTES_HELD_PER_REQUEST_BYTE * 2 > 100 * MIB, "two do not fit at once"
+    proc, idle = start(kinesalite, exporter_process, limit_mib=100, enqueue_timeout_seconds=60,
+                       kpl={"backlog_count": 1_000_000})
+    channel = grpc.insecure_channel(proc.grpc_target, options=[("grpc.max_send_message_length", -1)])
+    export = channel.unary_unary(TRACE_EXPORT, request_serializer=None, response_deserializer=None)
+    codes: list = []
+
+    def send():
+        try:
+            export(message, timeout=120)
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as err:
+            codes.append(err.code())
+
+    threads = [threading.Thread(target=send) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=180)
+    channel.close()
+    assert codes == [grpc.StatusCode.OK] * 4, codes
+    wait_for(lambda: proc.status()["records_delivered"] == 4 * 126_000, 120, "every record stored")
+    peak = memory_mib(proc.proc.pid, "VmHWM")
+    print(f"\nfour {len(message) / 1e6:.1f} MB gRPC messages at once, budget 100 MiB: idle {idle:.0f} MiB, "
+          f"peak {peak:.0f} MiB (+{peak - idle:.0f})")
+    # The budget, plus the messages tonic holds undecoded while they wait (4 x 4 MiB).
+    assert peak - idle <= 100 + 4 * len(message) / MIB, f"peak {peak:.0f} MiB, idle {idle:.0f}"
+
+
+def test_a_request_counted_at_more_than_the_budget_is_refused_whole_by_name(kinesalite, exporter_process):
+    proc, _ = start(kinesalite, exporter_process, limit_mib=16)
+    body = one_span_traces(25_000)  # 825 kB, counted at about 19 MiB
+    response = requests.post(proc.http_url("/v1/traces"), data=body,
+                             headers={"Content-Type": "application/x-protobuf"}, timeout=30)
+    assert response.status_code == 413, response.status_code
+    assert "request_memory_limit_mib" in response.text, response.text
+    channel = grpc.insecure_channel(proc.grpc_target)
+    export = channel.unary_unary(TRACE_EXPORT, request_serializer=None, response_deserializer=None)
+    try:
+        export(body, timeout=30)
+        raise AssertionError("a gRPC request over the budget was accepted")
+    except grpc.RpcError as err:
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+        assert "request_memory_limit_mib" in err.details(), err.details()
+    finally:
+        channel.close()
+    # Nothing of it was taken; a small request still goes through.
+    assert proc.status()["records_received"] == 0
+    small = one_span_traces(100)
+    response = requests.post(proc.http_url("/v1/traces"), data=small,
+                             headers={"Content-Type": "application/x-protobuf"}, timeout=30)
+    assert response.status_code == 200, response.text[:300]
