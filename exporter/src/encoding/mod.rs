@@ -4,6 +4,7 @@
 //! A consumer decodes every record with the standard OTLP classes: it is a complete
 //! `Export*ServiceRequest` (protobuf or OTLP/JSON) holding exactly one resource entry.
 
+pub mod decode;
 mod signals;
 
 use std::io::Write;

@@ -73,8 +73,8 @@ fn halves<T>(mut items: Vec<T>) -> Option<(Vec<T>, Vec<T>)> {
 
 /// An OTLP resource entry: a resource holds scopes, a scope holds items (spans, metrics, log
 /// records). Splitting and grouping by trace are written once against this shape.
-trait Nested: Clone + Message + serde::Serialize {
-    type Scope: Clone;
+pub(super) trait Nested: Clone + Message + serde::Serialize {
+    type Scope: Clone + Message + Default;
     type Item: Default;
     const SIGNAL: Signal;
 

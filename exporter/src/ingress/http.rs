@@ -14,7 +14,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use prost::Message;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 use super::signal::{Logs, Metrics, OtlpSignal, Traces};
 use super::{ExportError, Ingress};
@@ -100,7 +99,7 @@ async fn handle<S: OtlpSignal>(
         Ok(permit) => permit,
         Err(e) => return refused(signal, ingress, format, e),
     };
-    let request: S::Request = match decode(format, &body) {
+    let request: S::Request = match decode::<S>(format, body) {
         Ok(request) => request,
         Err(message) => {
             ingress.metrics.request(signal, "http", "bad_request");
@@ -111,7 +110,6 @@ async fn handle<S: OtlpSignal>(
             );
         }
     };
-    drop(body);
     match ingress
         .export(signal, "http", request, S::encode, memory)
         .await
@@ -209,13 +207,10 @@ fn decompress(
     }
 }
 
-fn decode<Req: Message + Default + DeserializeOwned>(
-    format: Format,
-    body: &[u8],
-) -> Result<Req, String> {
+fn decode<S: OtlpSignal>(format: Format, body: Bytes) -> Result<S::Request, String> {
     match format {
-        Format::Protobuf => Req::decode(body).map_err(|e| e.to_string()),
-        Format::Json => serde_json::from_slice(body).map_err(|e| e.to_string()),
+        Format::Protobuf => S::decode(body).map_err(|e| e.to_string()),
+        Format::Json => serde_json::from_slice(&body).map_err(|e| e.to_string()),
     }
 }
 

@@ -23,6 +23,8 @@ pub(super) trait OtlpSignal: Send + Sync + 'static {
     type Response: Message + Serialize + Send + 'static;
     const SIGNAL: Signal;
     fn encode(request: Self::Request, format: &RecordFormat) -> Encoded;
+    /// Decodes protobuf bytes, with every list sized before it is filled.
+    fn decode(bytes: prost::bytes::Bytes) -> Result<Self::Request, prost::DecodeError>;
     fn respond(accepted: &Accepted) -> Self::Response;
 }
 
@@ -49,6 +51,10 @@ impl OtlpSignal for Traces {
         encoding::traces(request, format)
     }
 
+    fn decode(bytes: prost::bytes::Bytes) -> Result<Self::Request, prost::DecodeError> {
+        encoding::decode::traces(bytes)
+    }
+
     fn respond(accepted: &Accepted) -> Self::Response {
         ExportTraceServiceResponse {
             partial_success: partial(accepted, |rejected, message| ExportTracePartialSuccess {
@@ -68,6 +74,10 @@ impl OtlpSignal for Metrics {
         encoding::metrics(request, format)
     }
 
+    fn decode(bytes: prost::bytes::Bytes) -> Result<Self::Request, prost::DecodeError> {
+        encoding::decode::metrics(bytes)
+    }
+
     fn respond(accepted: &Accepted) -> Self::Response {
         ExportMetricsServiceResponse {
             partial_success: partial(accepted, |rejected, message| ExportMetricsPartialSuccess {
@@ -85,6 +95,10 @@ impl OtlpSignal for Logs {
 
     fn encode(request: Self::Request, format: &RecordFormat) -> Encoded {
         encoding::logs(request, format)
+    }
+
+    fn decode(bytes: prost::bytes::Bytes) -> Result<Self::Request, prost::DecodeError> {
+        encoding::decode::logs(bytes)
     }
 
     fn respond(accepted: &Accepted) -> Self::Response {
