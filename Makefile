@@ -41,7 +41,7 @@ endif
 
 say = @printf '==> %s\n' "$(1)"
 
-.PHONY: crds readme help deps build lint chart-lint toolchain test-rust test-e2e test-k8s images node test-node test bench bench-e2e bench-operator chart-docs demo clean distclean
+.PHONY: crds readme help deps build lint chart-lint toolchain test-rust test-e2e test-faults test-k8s images node test-node test bench bench-e2e bench-operator chart-docs demo clean distclean
 
 help: ## List the targets
 	@echo "kinesis-exporter targets:"
@@ -145,6 +145,16 @@ test-e2e: deps build ## End-to-end tests against real peers (tests/run.sh)
 	@bash tests/k8s/tools.sh ensure_prometheus >/dev/null
 	$(call say,end-to-end tests (bash tests/run.sh))
 	@bash tests/run.sh
+
+# The whole fault matrix (tests/test_faults.py): throttling, bursts, outages, stalls, signals,
+# overload, stalled clients, through the Kinesis fault proxy (tests/peers/fault_proxy.py) in
+# front of kinesalite. test-e2e runs its short selection. Prints the table, also on failure.
+test-faults: deps build ## The full fault matrix (tests/test_faults.py, KEX_FAULTS=full) and its table
+	$(call say,fault matrix (KEX_FAULTS=full bash tests/run.sh tests/test_faults.py))
+	@table="$$(mktemp)"; status=0; \
+	KEX_FAULTS=full KEX_FAULT_TABLE="$$table" bash tests/run.sh tests/test_faults.py || status=$$?; \
+	printf '==> %s\n' "fault matrix: spans per scenario"; \
+	cat "$$table"; rm -f "$$table"; exit $$status
 
 # A real local control plane (tests/k8s/controlplane.sh: etcd, kube-apiserver, controller-manager,
 # scheduler, kwok), the chart installed by helm, the operator run locally as the chart's
