@@ -225,8 +225,7 @@ BURST = {"max_retries": 10, "max_backoff_seconds": 1}
 @modes()
 def test_request_throttling_burst(scenario, proxy, delivery):
     """10 PutRecords in a row refused whole with 400 ProvisionedThroughputExceededException."""
-    run = scenario("throttle-burst", "burst of 10 request throttles (400)", delivery,
-              kpl=BURST)
+    run = scenario("throttle-burst", "burst of 10 request throttles (400)", delivery, kpl=BURST)
     run.start_load().wait_flowing()
     proxy.fail_requests(400, 10)
     wait_for(lambda: proxy.count("requests_failed") == 10, 30, "10 PutRecords throttled")
@@ -270,7 +269,7 @@ def test_outage_within_the_retry_budget(scenario, proxy, delivery):
     """Every connection reset for 5 s, every operation; the retry budget covers it."""
     assert retry_budget(**WITHIN)[0] > OUTAGE_WITHIN + 1
     run = scenario("outage-within", f"{OUTAGE_WITHIN:.0f} s outage within the retry budget",
-              delivery, kpl=WITHIN)
+                   delivery, kpl=WITHIN)
     run.start_load().wait_flowing()
     proxy.outage()
     hold(OUTAGE_WITHIN)
@@ -296,7 +295,7 @@ def test_outage_beyond_the_retry_budget(scenario, proxy, delivery):
     client to retry instead: nothing acknowledged is lost."""
     assert retry_budget(**BEYOND)[1] < OUTAGE_BEYOND / 10
     run = scenario("outage-beyond", f"{OUTAGE_BEYOND:.0f} s outage beyond the retry budget",
-              delivery, kpl=BEYOND)
+                   delivery, kpl=BEYOND)
     run.start_load().wait_flowing()
     proxy.outage()
     began = time.monotonic()
@@ -326,7 +325,7 @@ def test_stall_longer_than_the_request_timeout(scenario, proxy, delivery):
     and are retried; the held requests are then answered late (stored, so the retry of the same
     records may duplicate them: at least once)."""
     run = scenario("stall", "4 s stall, 1 s request timeout (held requests stored late)", delivery,
-              kpl={"request_timeout_seconds": 1})
+                   kpl={"request_timeout_seconds": 1})
     run.start_load().wait_flowing()
     proxy.stall()
     began = time.monotonic()
@@ -356,7 +355,7 @@ def test_sigterm_under_load(scenario, delivery):
     --shutdown-timeout; nothing it acknowledged is lost."""
     shutdown_timeout = 10
     run = scenario("sigterm", "SIGTERM under load", delivery, kpl=LINGER,
-              args=("--shutdown-timeout", str(shutdown_timeout)))
+                   args=("--shutdown-timeout", str(shutdown_timeout)))
     run.start_load(batch=200, interval=0.02, timeout=5).wait_flowing(400)
     wait_for(lambda: holding(run), 30, "the exporter to hold records not yet stored")
     started = time.monotonic()
@@ -399,8 +398,8 @@ def test_overload(scenario, proxy, delivery):
     slow Kinesis drains: requests wait for room, then are answered UNAVAILABLE; clients retry,
     or give up and know it (refused). Nothing acknowledged is lost."""
     run = scenario("overload",
-              "overload: 6 fast clients, backlog 300, slow Kinesis, 30% throttled", delivery,
-              kpl=OVERLOAD, enqueue_timeout_seconds=1)
+                   "overload: 6 fast clients, backlog 300, slow Kinesis, 30% throttled", delivery,
+                   kpl=OVERLOAD, enqueue_timeout_seconds=1)
     proxy.delay(0.3)
     proxy.throttle_entries(0.3)
     run.start_load(batch=150, interval=0, timeout=10, clients=6)
@@ -426,8 +425,8 @@ def test_stalled_clients_at_shutdown(scenario, delivery):
     connection that sent only its preface): the drain gives up on them after --drain-timeout,
     the exporter flushes and exits 0 within --shutdown-timeout, nothing acknowledged is lost."""
     shutdown_timeout, drain_timeout = 8, 2
-    run = scenario("stalled-clients", "stalled clients at SIGTERM, under load", delivery,
-              kpl=LINGER, args=("--shutdown-timeout", str(shutdown_timeout), "--drain-timeout", str(drain_timeout)))
+    run = scenario("stalled-clients", "stalled clients at SIGTERM, under load", delivery, kpl=LINGER,
+                   args=("--shutdown-timeout", str(shutdown_timeout), "--drain-timeout", str(drain_timeout)))
     run.start_load(batch=200, interval=0.02, timeout=5).wait_flowing(400)
     # Each stalled connection first gets an answer, so it is surely accepted (not still in the
     # listen queue) when SIGTERM comes.
@@ -468,8 +467,7 @@ def test_one_shard_throttled_hard(scenario, proxy, delivery):
     go on storing all along. The row tells how many user records were stored meanwhile (all on
     the other shards), in the window's first and second half."""
     assert retry_budget(**ONE_SHARD)[0] > SHARD_WINDOW + 2
-    run = scenario("hot-shard", "shard 0 of 4 throttled 10 s", delivery,
-              shards=4, kpl=ONE_SHARD)
+    run = scenario("hot-shard", "shard 0 of 4 throttled 10 s", delivery, shards=4, kpl=ONE_SHARD)
     run.start_load().wait_flowing()
     delivered = [run.proc.status()["records_delivered"]]
     proxy.throttle_shard(0, 1.0)

@@ -20,7 +20,8 @@ const server = kinesalite({
   createStreamMs: 0,
   deleteStreamMs: 0,
   updateStreamMs: 0,
-  shardLimit: 100,
+  // One emulator serves a whole test session, whose streams add up past AWS's default 100.
+  shardLimit: 10000,
 });
 
 server.on('error', (err) => {
