@@ -5,6 +5,7 @@
 //! `Export*ServiceRequest` (protobuf or OTLP/JSON) holding exactly one resource entry.
 
 pub mod decode;
+pub mod raw;
 mod signals;
 
 use std::io::Write;

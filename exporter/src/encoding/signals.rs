@@ -16,7 +16,7 @@ use super::{Encoded, RecordFormat, Unit, fit, key_from_text, random_key};
 use crate::config::{Encoding, PartitionKey, Signal};
 
 /// The partition key for a resource in random or attribute mode.
-fn resource_key(resource: Option<&Resource>, mode: &PartitionKey) -> String {
+pub(super) fn resource_key(resource: Option<&Resource>, mode: &PartitionKey) -> String {
     let PartitionKey::Attribute(name) = mode else {
         return random_key();
     };
@@ -35,7 +35,7 @@ fn resource_key(resource: Option<&Resource>, mode: &PartitionKey) -> String {
     }
 }
 
-fn trace_key(trace_id: &[u8]) -> String {
+pub(super) fn trace_key(trace_id: &[u8]) -> String {
     if trace_id.iter().all(|b| *b == 0) {
         random_key()
     } else {
@@ -44,7 +44,7 @@ fn trace_key(trace_id: &[u8]) -> String {
 }
 
 /// OTLP ids have fixed lengths: a trace id 16 bytes, a span id 8 (log records may omit both).
-fn id_length_error(
+pub(super) fn id_length_error(
     what: &str,
     field: &str,
     id: &[u8],

@@ -210,7 +210,7 @@ fn decompress(
 fn decode<S: OtlpSignal>(format: Format, body: Bytes) -> Result<S::Request, String> {
     match format {
         Format::Protobuf => S::decode(body).map_err(|e| e.to_string()),
-        Format::Json => serde_json::from_slice(&body).map_err(|e| e.to_string()),
+        Format::Json => S::from_json(&body).map_err(|e| e.to_string()),
     }
 }
 

@@ -12,19 +12,23 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use prost::Message;
 use serde::Serialize;
-use serde::de::DeserializeOwned;
+
+use std::sync::Arc;
 
 use super::Accepted;
-use crate::config::Signal;
+use crate::config::{Encoding, Signal};
+use crate::encoding::raw::RawResource;
 use crate::encoding::{self, Encoded, RecordFormat};
 
 pub(super) trait OtlpSignal: Send + Sync + 'static {
-    type Request: Message + Default + Clone + DeserializeOwned + Send + 'static;
+    type Request: Clone + Send + 'static;
     type Response: Message + Serialize + Send + 'static;
     const SIGNAL: Signal;
     fn encode(request: Self::Request, format: &RecordFormat) -> Encoded;
     /// Decodes protobuf bytes, with every list sized before it is filled.
     fn decode(bytes: prost::bytes::Bytes) -> Result<Self::Request, prost::DecodeError>;
+    /// Decodes OTLP/JSON.
+    fn from_json(bytes: &[u8]) -> Result<Self::Request, serde_json::Error>;
     fn respond(accepted: &Accepted) -> Self::Response;
 }
 
@@ -42,17 +46,45 @@ fn partial<P>(accepted: &Accepted, make: impl Fn(i64, String) -> P) -> Option<P>
     })
 }
 
+/// A traces request: from protobuf, kept as its checked bytes, so that `otlp_proto` records
+/// are cut from them (encoding::raw); from JSON, decoded.
+#[derive(Clone)]
+pub(super) enum TracesRequest {
+    Raw {
+        bytes: prost::bytes::Bytes,
+        resources: Arc<Vec<RawResource>>,
+    },
+    Decoded(ExportTraceServiceRequest),
+}
+
 impl OtlpSignal for Traces {
-    type Request = ExportTraceServiceRequest;
+    type Request = TracesRequest;
     type Response = ExportTraceServiceResponse;
     const SIGNAL: Signal = Signal::Traces;
 
     fn encode(request: Self::Request, format: &RecordFormat) -> Encoded {
-        encoding::traces(request, format)
+        match request {
+            TracesRequest::Raw { resources, .. } if format.encoding == Encoding::OtlpProto => {
+                encoding::raw::traces(&resources, format)
+            }
+            TracesRequest::Raw { bytes, .. } => encoding::traces(
+                encoding::decode::traces(bytes).expect("checked when received"),
+                format,
+            ),
+            TracesRequest::Decoded(request) => encoding::traces(request, format),
+        }
     }
 
     fn decode(bytes: prost::bytes::Bytes) -> Result<Self::Request, prost::DecodeError> {
-        encoding::decode::traces(bytes)
+        let resources = encoding::raw::split_traces(bytes.clone())?;
+        Ok(TracesRequest::Raw {
+            bytes,
+            resources: Arc::new(resources),
+        })
+    }
+
+    fn from_json(bytes: &[u8]) -> Result<Self::Request, serde_json::Error> {
+        serde_json::from_slice(bytes).map(TracesRequest::Decoded)
     }
 
     fn respond(accepted: &Accepted) -> Self::Response {
@@ -78,6 +110,10 @@ impl OtlpSignal for Metrics {
         encoding::decode::metrics(bytes)
     }
 
+    fn from_json(bytes: &[u8]) -> Result<Self::Request, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
     fn respond(accepted: &Accepted) -> Self::Response {
         ExportMetricsServiceResponse {
             partial_success: partial(accepted, |rejected, message| ExportMetricsPartialSuccess {
@@ -99,6 +135,10 @@ impl OtlpSignal for Logs {
 
     fn decode(bytes: prost::bytes::Bytes) -> Result<Self::Request, prost::DecodeError> {
         encoding::decode::logs(bytes)
+    }
+
+    fn from_json(bytes: &[u8]) -> Result<Self::Request, serde_json::Error> {
+        serde_json::from_slice(bytes)
     }
 
     fn respond(accepted: &Accepted) -> Self::Response {

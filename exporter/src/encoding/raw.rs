@@ -1,0 +1,504 @@
+//! Trace records cut straight from the request's protobuf bytes. A record is a whole export
+//! request with one resource entry, and protobuf lets it be written from the received bytes of
+//! the resource, scopes and spans it keeps: there is no decoding into owned values and no
+//! encoding again, which were the largest costs per span (make bench-e2e, perf). Every span
+//! is still checked against the OTLP schema as strictly as prost decodes it (`valid_message`), so
+//! what is stored is exactly what a consumer's decoder accepts, and the answer to a bad
+//! request is the same: INVALID_ARGUMENT / 400.
+//!
+//! Used for `otlp_proto` records of traces; everything else goes through the decoded path.
+
+use prost::bytes::{Buf, Bytes};
+use prost::encoding::{
+    DecodeContext, WireType, decode_key, decode_varint, encode_key, encode_varint,
+    encoded_len_varint, skip_field,
+};
+use prost::{DecodeError, Message};
+
+use super::signals::{id_length_error, resource_key, trace_key};
+use super::{Encoded, RecordFormat, compress, fit};
+use crate::config::{Compression, PartitionKey};
+use crate::kpl::UserRecord;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+/// Field numbers shared by every level of an export request.
+const RESOURCES: u32 = 1;
+const SCOPES: u32 = 2;
+const ITEMS: u32 = 2;
+
+/// A field of a message as received: its number, and its bytes with tag and length.
+#[derive(Debug, Clone)]
+struct RawField {
+    number: u32,
+    bytes: Bytes,
+}
+
+/// One scope entry: its fields other than the spans, and each span's bytes (no tag, no length).
+#[derive(Debug, Clone, Default)]
+pub struct RawScope {
+    head: Vec<RawField>,
+    pub spans: Vec<Bytes>,
+}
+
+/// One resource entry: its bytes, its fields other than the scopes, and its scopes.
+#[derive(Debug, Clone, Default)]
+pub struct RawResource {
+    bytes: Bytes,
+    head: Vec<RawField>,
+    pub scopes: Vec<RawScope>,
+}
+
+impl RawResource {
+    /// The resource (field 1), decoded: small, and needed for attribute partition keys.
+    pub fn resource(
+        &self,
+    ) -> Result<Option<opentelemetry_proto::tonic::resource::v1::Resource>, DecodeError> {
+        let mut resource = None;
+        for field in self.head.iter().filter(|f| f.number == 1) {
+            let mut bytes = field.bytes.clone();
+            let (_, wire_type) = decode_key(&mut bytes)?;
+            prost::encoding::message::merge(
+                wire_type,
+                resource.get_or_insert_with(Default::default),
+                &mut bytes,
+                DecodeContext::default(),
+            )?;
+        }
+        Ok(resource)
+    }
+}
+
+/// Splits a traces request into its resource entries, checking every byte of it: the resource
+/// and scope fields by decoding them (they are few), each span against the schema.
+pub fn split_traces(mut bytes: Bytes) -> Result<Vec<RawResource>, DecodeError> {
+    let mut resources = Vec::new();
+    while !bytes.is_empty() {
+        let (number, wire_type) = decode_key(&mut bytes)?;
+        if number == RESOURCES {
+            resources.push(resource(delimited(wire_type, &mut bytes)?)?);
+        } else {
+            skip_field(wire_type, number, &mut bytes, DecodeContext::default())?;
+        }
+    }
+    Ok(resources)
+}
+
+fn resource(mut bytes: Bytes) -> Result<RawResource, DecodeError> {
+    let mut out = RawResource {
+        bytes: bytes.clone(),
+        ..RawResource::default()
+    };
+    let mut check = opentelemetry_proto::tonic::trace::v1::ResourceSpans::default();
+    while !bytes.is_empty() {
+        let start = bytes.clone();
+        let (number, wire_type) = decode_key(&mut bytes)?;
+        if number == SCOPES {
+            out.scopes.push(scope(delimited(wire_type, &mut bytes)?)?);
+        } else {
+            check.merge_field(number, wire_type, &mut bytes, DecodeContext::default())?;
+            out.head.push(RawField {
+                number,
+                bytes: start.slice(..start.len() - bytes.len()),
+            });
+        }
+    }
+    Ok(out)
+}
+
+fn scope(mut bytes: Bytes) -> Result<RawScope, DecodeError> {
+    let mut out = RawScope::default();
+    let mut check = opentelemetry_proto::tonic::trace::v1::ScopeSpans::default();
+    while !bytes.is_empty() {
+        let start = bytes.clone();
+        let (number, wire_type) = decode_key(&mut bytes)?;
+        if number == ITEMS {
+            let span = delimited(wire_type, &mut bytes)?;
+            valid_message(&span, &SPAN, SPAN_DEPTH)?;
+            out.spans.push(span);
+        } else {
+            check.merge_field(number, wire_type, &mut bytes, DecodeContext::default())?;
+            out.head.push(RawField {
+                number,
+                bytes: start.slice(..start.len() - bytes.len()),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The bytes of the length-delimited field at the front of `bytes` (no copy).
+fn delimited(wire_type: WireType, bytes: &mut Bytes) -> Result<Bytes, DecodeError> {
+    let mut field = Bytes::new();
+    prost::encoding::bytes::merge(wire_type, &mut field, bytes, DecodeContext::default())?;
+    Ok(field)
+}
+
+// ---------------------------------------------------------------- the span's schema
+
+/// What a field holds, as far as its bytes can be wrong.
+#[derive(Debug)]
+enum Kind {
+    Varint,
+    Fixed32,
+    Fixed64,
+    Bytes,
+    /// Bytes that must be UTF-8.
+    Text,
+    Message(&'static Schema),
+}
+
+/// A message's fields by number. Statics refer to each other by address, so that AnyValue
+/// can hold an ArrayValue that holds AnyValues.
+#[derive(Debug)]
+struct Schema(&'static [(u32, Kind)]);
+
+/// opentelemetry.proto.trace.v1.Span and what it holds (opentelemetry-proto 0.33).
+static SPAN: Schema = Schema(&[
+    (1, Kind::Bytes),    // trace_id
+    (2, Kind::Bytes),    // span_id
+    (3, Kind::Text),     // trace_state
+    (4, Kind::Bytes),    // parent_span_id
+    (16, Kind::Fixed32), // flags
+    (5, Kind::Text),     // name
+    (6, Kind::Varint),   // kind
+    (7, Kind::Fixed64),
+    (8, Kind::Fixed64),
+    (9, Kind::Message(&KEY_VALUE)),
+    (10, Kind::Varint),
+    (11, Kind::Message(&EVENT)),
+    (12, Kind::Varint),
+    (13, Kind::Message(&LINK)),
+    (14, Kind::Varint),
+    (15, Kind::Message(&STATUS)),
+]);
+static EVENT: Schema = Schema(&[
+    (1, Kind::Fixed64),
+    (2, Kind::Text),
+    (3, Kind::Message(&KEY_VALUE)),
+    (4, Kind::Varint),
+]);
+static LINK: Schema = Schema(&[
+    (1, Kind::Bytes),
+    (2, Kind::Bytes),
+    (3, Kind::Text),
+    (4, Kind::Message(&KEY_VALUE)),
+    (5, Kind::Varint),
+    (6, Kind::Fixed32),
+]);
+static STATUS: Schema = Schema(&[(2, Kind::Text), (3, Kind::Varint)]);
+static KEY_VALUE: Schema = Schema(&[
+    (1, Kind::Text),
+    (2, Kind::Message(&ANY_VALUE)),
+    (3, Kind::Varint),
+]);
+static ANY_VALUE: Schema = Schema(&[
+    (1, Kind::Text),
+    (2, Kind::Varint),
+    (3, Kind::Varint),
+    (4, Kind::Fixed64),
+    (5, Kind::Message(&ARRAY_VALUE)),
+    (6, Kind::Message(&KEY_VALUE_LIST)),
+    (7, Kind::Bytes),
+    (8, Kind::Varint),
+]);
+static ARRAY_VALUE: Schema = Schema(&[(1, Kind::Message(&ANY_VALUE))]);
+static KEY_VALUE_LIST: Schema = Schema(&[(1, Kind::Message(&KEY_VALUE))]);
+
+/// prost's recursion budget left when a span is decoded inside a whole request (request,
+/// resource entry and scope entry above it).
+const SPAN_DEPTH: u32 = 100 - 3;
+
+/// Checks `bytes` as prost would decode them into the message `schema` describes: wire types
+/// of known fields, UTF-8 of strings, lengths, varints, unknown fields skipped.
+fn valid_message(bytes: &[u8], schema: &Schema, depth: u32) -> Result<(), DecodeError> {
+    let mut buf = bytes;
+    while buf.has_remaining() {
+        let (number, wire_type) = decode_key(&mut buf)?;
+        let Some((_, kind)) = schema.0.iter().find(|(n, _)| *n == number) else {
+            skip_field(wire_type, number, &mut buf, DecodeContext::default())?;
+            continue;
+        };
+        let expected = match kind {
+            Kind::Varint => WireType::Varint,
+            Kind::Fixed32 => WireType::ThirtyTwoBit,
+            Kind::Fixed64 => WireType::SixtyFourBit,
+            Kind::Bytes | Kind::Text | Kind::Message(_) => WireType::LengthDelimited,
+        };
+        prost::encoding::check_wire_type(expected, wire_type)?;
+        match kind {
+            Kind::Varint => {
+                decode_varint(&mut buf)?;
+            }
+            Kind::Fixed32 | Kind::Fixed64 => {
+                skip_field(wire_type, number, &mut buf, DecodeContext::default())?;
+            }
+            Kind::Bytes | Kind::Text | Kind::Message(_) => {
+                let at_length = buf;
+                let len = decode_varint(&mut buf)?;
+                if len > buf.remaining() as u64 {
+                    // Let prost itself say what is wrong with a field longer than its message.
+                    let mut field = Vec::new();
+                    let mut at_length = at_length;
+                    let ctx = DecodeContext::default();
+                    return Err(prost::encoding::bytes::merge(
+                        wire_type,
+                        &mut field,
+                        &mut at_length,
+                        ctx,
+                    )
+                    .expect_err("a field longer than what is left"));
+                }
+                let (field, rest) = buf.split_at(len as usize);
+                buf = rest;
+                match kind {
+                    Kind::Text => {
+                        std::str::from_utf8(field).map_err(|_| invalid_utf8())?;
+                    }
+                    Kind::Message(inner) => {
+                        if depth == 0 {
+                            return Err(recursion_limit());
+                        }
+                        valid_message(field, inner, depth - 1)?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The error prost gives for a string that is not UTF-8 (made by prost itself).
+fn invalid_utf8() -> DecodeError {
+    let mut text = String::new();
+    let mut bytes: &[u8] = &[1, 0xff];
+    prost::encoding::string::merge(
+        WireType::LengthDelimited,
+        &mut text,
+        &mut bytes,
+        DecodeContext::default(),
+    )
+    .expect_err("0xff is not UTF-8")
+}
+
+/// The error prost gives when messages nest too deep (made by prost itself).
+fn recursion_limit() -> DecodeError {
+    let mut deep = Vec::new();
+    for _ in 0..=100 {
+        // AnyValue { array_value: ArrayValue { values: [ ... ] } }, inside out.
+        let mut outer = Vec::new();
+        encode_key(5, WireType::LengthDelimited, &mut outer);
+        let mut array = Vec::new();
+        encode_key(1, WireType::LengthDelimited, &mut array);
+        encode_varint(deep.len() as u64, &mut array);
+        array.extend_from_slice(&deep);
+        encode_varint(array.len() as u64, &mut outer);
+        outer.extend_from_slice(&array);
+        deep = outer;
+    }
+    opentelemetry_proto::tonic::common::v1::AnyValue::decode(deep.as_slice())
+        .expect_err("nested past prost's limit")
+}
+
+// ---------------------------------------------------------------- writing records
+
+/// A span's trace id and span id, read from its (checked) bytes.
+pub fn span_ids(span: &[u8]) -> (&[u8], &[u8]) {
+    let mut buf = span;
+    let (mut trace_id, mut span_id): (&[u8], &[u8]) = (&[], &[]);
+    while buf.has_remaining() {
+        let Ok((number, wire_type)) = decode_key(&mut buf) else {
+            break;
+        };
+        if wire_type == WireType::LengthDelimited && (number == 1 || number == 2) {
+            let Ok(len) = decode_varint(&mut buf) else {
+                break;
+            };
+            let (field, rest) = buf.split_at(len as usize);
+            buf = rest;
+            // The last occurrence wins, as in prost.
+            if number == 1 {
+                trace_id = field;
+            } else {
+                span_id = field;
+            }
+        } else if skip_field(wire_type, number, &mut buf, DecodeContext::default()).is_err() {
+            break;
+        }
+    }
+    (trace_id, span_id)
+}
+
+/// A group of spans of one resource entry, by (scope index, span index).
+pub type Selection<'a> = &'a [(u32, u32)];
+
+fn delimited_len(len: usize) -> usize {
+    1 + encoded_len_varint(len as u64) + len
+}
+
+/// The export request holding `resource` with only the `selected` spans (sorted by scope),
+/// written from the received bytes; scopes with no selected span are left out.
+pub fn request_of(resource: &RawResource, selected: Selection<'_>) -> Vec<u8> {
+    let scope_len = |scope: &RawScope, spans: &[(u32, u32)]| -> usize {
+        scope.head.iter().map(|f| f.bytes.len()).sum::<usize>()
+            + spans
+                .iter()
+                .map(|&(_, i)| delimited_len(scope.spans[i as usize].len()))
+                .sum::<usize>()
+    };
+    let runs: Vec<&[(u32, u32)]> = selected.chunk_by(|a, b| a.0 == b.0).collect();
+    let resource_len = resource.head.iter().map(|f| f.bytes.len()).sum::<usize>()
+        + runs
+            .iter()
+            .map(|run| delimited_len(scope_len(&resource.scopes[run[0].0 as usize], run)))
+            .sum::<usize>();
+    let mut out = Vec::with_capacity(delimited_len(resource_len));
+    encode_key(RESOURCES, WireType::LengthDelimited, &mut out);
+    encode_varint(resource_len as u64, &mut out);
+    // Fields in field-number order, as protobuf encoders write them (the order does not
+    // change the meaning; it makes a canonical request give canonical records).
+    let (resource_before, resource_after): (Vec<_>, Vec<_>) =
+        resource.head.iter().partition(|f| f.number < SCOPES);
+    for field in resource_before {
+        out.extend_from_slice(&field.bytes);
+    }
+    for run in runs {
+        let scope = &resource.scopes[run[0].0 as usize];
+        encode_key(SCOPES, WireType::LengthDelimited, &mut out);
+        encode_varint(scope_len(scope, run) as u64, &mut out);
+        let (before, after): (Vec<_>, Vec<_>) = scope.head.iter().partition(|f| f.number < ITEMS);
+        for field in before {
+            out.extend_from_slice(&field.bytes);
+        }
+        for &(_, i) in run {
+            let span = &scope.spans[i as usize];
+            encode_key(ITEMS, WireType::LengthDelimited, &mut out);
+            encode_varint(span.len() as u64, &mut out);
+            out.extend_from_slice(span);
+        }
+        for field in after {
+            out.extend_from_slice(&field.bytes);
+        }
+    }
+    for field in resource_after {
+        out.extend_from_slice(&field.bytes);
+    }
+    out
+}
+
+// ---------------------------------------------------------------- records
+
+/// Traces to user records from the request's bytes: the records `encoding::traces` makes from
+/// the decoded request, for `otlp_proto` records. In trace-id mode each record holds the spans
+/// of one trace; otherwise one record per resource entry.
+pub fn traces(resources: &[RawResource], format: &RecordFormat) -> Encoded {
+    let mut out = Encoded::default();
+    for resource in resources {
+        // (trace id, scope, span) of every span that can be stored.
+        let mut order: Vec<([u8; 16], u32, u32)> = Vec::new();
+        let mut refused = false;
+        for (s, scope) in resource.scopes.iter().enumerate() {
+            order.reserve(scope.spans.len());
+            for (i, span) in scope.spans.iter().enumerate() {
+                out.items += 1;
+                let (trace_id, span_id) = span_ids(span);
+                let invalid = id_length_error("span", "trace_id", trace_id, 16, false)
+                    .or_else(|| id_length_error("span", "span_id", span_id, 8, false));
+                match invalid {
+                    Some(reason) => {
+                        out.rejected += 1;
+                        out.rejection = Some(reason);
+                        refused = true;
+                    }
+                    None => order.push((
+                        trace_id.try_into().expect("checked: 16 bytes"),
+                        s as u32,
+                        i as u32,
+                    )),
+                }
+            }
+        }
+        if format.partition_key == PartitionKey::TraceId {
+            order.sort_unstable();
+            let mut selection = Vec::new();
+            for run in order.chunk_by(|a, b| a.0 == b.0) {
+                selection.clear();
+                selection.extend(run.iter().map(|&(_, s, i)| (s, i)));
+                put(resource, &selection, trace_key(&run[0].0), format, &mut out);
+            }
+        } else {
+            let key = resource_key(
+                resource.resource().ok().flatten().as_ref(),
+                &format.partition_key,
+            );
+            if refused {
+                let selection: Vec<_> = order.iter().map(|&(_, s, i)| (s, i)).collect();
+                put(resource, &selection, key, format, &mut out);
+            } else {
+                // Nothing refused: the record is the resource entry exactly as received.
+                let mut request = Vec::with_capacity(delimited_len(resource.bytes.len()));
+                encode_key(RESOURCES, WireType::LengthDelimited, &mut request);
+                encode_varint(resource.bytes.len() as u64, &mut request);
+                request.extend_from_slice(&resource.bytes);
+                let items = order.len() as u64;
+                push_or_split(request, items, key, format, &mut out);
+            }
+        }
+    }
+    out
+}
+
+fn put(
+    resource: &RawResource,
+    selection: Selection<'_>,
+    key: String,
+    format: &RecordFormat,
+    out: &mut Encoded,
+) {
+    let request = request_of(resource, selection);
+    push_or_split(request, selection.len() as u64, key, format, out);
+}
+
+/// The one resource entry of a request written here, decoded.
+fn request_of_split(request: Vec<u8>) -> opentelemetry_proto::tonic::trace::v1::ResourceSpans {
+    ExportTraceServiceRequest::decode(request.as_slice())
+        .expect("written from checked bytes")
+        .resource_spans
+        .pop()
+        .expect("one resource entry")
+}
+
+/// One record of `request`, or, when it is too large for one, the decoded path's split.
+fn push_or_split(
+    request: Vec<u8>,
+    items: u64,
+    key: String,
+    format: &RecordFormat,
+    out: &mut Encoded,
+) {
+    let room = format.max_record_bytes.saturating_sub(key.len());
+    let data = match format.compression {
+        Compression::None if request.len() <= room => Ok(request),
+        Compression::None => Err(request),
+        compression => {
+            let data = compress(request.clone(), compression);
+            if data.len() <= room {
+                Ok(data)
+            } else {
+                Err(request)
+            }
+        }
+    };
+    match data {
+        Ok(data) => {
+            out.records.push(UserRecord::new(key, data));
+            out.record_items.push(items);
+        }
+        // Rare: a resource or trace over one record's size, cut as the decoded path does.
+        Err(request) => fit(request_of_split(request), key, format, out),
+    }
+}
+
+#[cfg(test)]
+#[path = "raw_tests.rs"]
+mod tests;
