@@ -845,3 +845,31 @@ async fn records_held_by_a_throttled_shard_push_back_on_callers() {
     assert_eq!(sorted(standin.stored()), sorted(entries_of(&accepted)));
     assert_eq!(metrics.dropped_total(), 0);
 }
+
+#[tokio::test]
+async fn shutdown_does_not_wait_out_a_long_backoff() {
+    // The first call fails (a 500), the next is throttled; everything after is stored.
+    let standin = StandIn::start(|call, entries| match call {
+        0 => Reply::Error(500, "InternalFailure"),
+        1 => Reply::Error(400, THROTTLED),
+        _ => Reply::Entries(vec![None; entries.len()]),
+    })
+    .await;
+    let mut config = producer_config(unaggregated);
+    config.flush_interval = Duration::from_millis(10);
+    // Backoffs far longer than the shutdown deadline below.
+    config.base_backoff = Duration::from_secs(60);
+    config.max_backoff = Duration::from_secs(120);
+    let (producer, handle, metrics) = start(&standin, config).await;
+    let records: Vec<_> = (0..3).map(numbered).collect();
+    for r in &records {
+        handle.put(r.clone()).await.unwrap();
+    }
+    until("the first call failed", || standin.calls().len() == 1).await;
+    drop(handle);
+    let report = producer.shutdown(Duration::from_secs(5)).await;
+    // Before, the retry slept 30-60 s and the records were dropped at the deadline.
+    assert_eq!(report.abandoned, 0);
+    assert_eq!(sorted(standin.stored()), sorted(entries_of(&records)));
+    assert_eq!(metrics.dropped_total(), 0);
+}

@@ -15,6 +15,10 @@ pub fn delay(retry: u32, base: Duration, cap: Duration, unit_random: f64) -> Dur
     half + half.mul_f64(unit_random.clamp(0.0, 1.0))
 }
 
+/// Delay between retries once the producer is shutting down: its deadline bounds them then,
+/// and a long backoff would only turn records Kinesis could take into drops at the deadline.
+pub const WHILE_SHUTTING_DOWN: Duration = Duration::from_millis(100);
+
 /// The same with a fresh random draw.
 pub fn jittered_delay(retry: u32, base: Duration, cap: Duration) -> Duration {
     delay(retry, base, cap, rand::random::<f64>())

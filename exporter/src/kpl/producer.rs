@@ -307,6 +307,8 @@ struct Pipeline {
     ready: Vec<Batch>,
     connections: Arc<Semaphore>,
     jobs: JoinSet<SendOutcome>,
+    /// Tells send jobs backing off that the producer is shutting down.
+    stopping: tokio::sync::watch::Sender<bool>,
 }
 
 impl Pipeline {
@@ -315,6 +317,7 @@ impl Pipeline {
         client: Arc<dyn KinesisApi>,
         metrics: Arc<ProducerMetrics>,
     ) -> Self {
+        let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
         let send = Arc::new(SendContext {
             client: client.clone(),
             stream: config.stream_name.clone(),
@@ -323,6 +326,7 @@ impl Pipeline {
             base_backoff: config.base_backoff,
             max_backoff: config.max_backoff,
             request_timeout: config.request_timeout,
+            stopping: stopping_rx,
         });
         let refresher = Refresher::start(
             client,
@@ -345,6 +349,7 @@ impl Pipeline {
             aggregators: FxHashMap::default(),
             ready: Vec::new(),
             jobs: JoinSet::new(),
+            stopping,
         }
     }
 
@@ -379,6 +384,9 @@ impl Pipeline {
             }
         }
         // Shutdown: take what callers already handed over, flush it, and wait for every send.
+        // Nothing waits out a long backoff any more: the shutdown deadline bounds the retries.
+        self.stopping.send_replace(true);
+        self.throttled.hurry(tokio::time::Instant::now());
         rx.close();
         while let Some(record) = rx.recv().await {
             self.add(record).await;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::backoff::jittered_delay;
+use super::backoff::{WHILE_SHUTTING_DOWN, jittered_delay};
 use super::client::{EntryResult, KinesisApi};
 use super::health::Operation;
 use super::metrics::{ErrorCodeLabel, ProducerMetrics, ResultLabel};
@@ -20,6 +20,9 @@ pub(super) struct SendContext {
     pub base_backoff: Duration,
     pub max_backoff: Duration,
     pub request_timeout: Duration,
+    /// Set when the producer shuts down: retries stop waiting out long backoffs, since the
+    /// shutdown deadline is what bounds them now.
+    pub stopping: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What the producer must still act on after a batch is settled.
@@ -195,7 +198,16 @@ pub(super) async fn send_batch(
                 .inc();
         }
         pending = failed.into_iter().map(|(record, _)| record).collect();
-        tokio::time::sleep(jittered_delay(retry, ctx.base_backoff, ctx.max_backoff)).await;
+        let mut stopping = ctx.stopping.clone();
+        if *stopping.borrow_and_update() {
+            tokio::time::sleep(WHILE_SHUTTING_DOWN.min(ctx.base_backoff)).await;
+        } else {
+            tokio::select! {
+                _ = tokio::time::sleep(jittered_delay(retry, ctx.base_backoff, ctx.max_backoff)) => {}
+                // Shutting down: try again at once rather than sleep past the deadline.
+                _ = stopping.wait_for(|stopping| *stopping) => {}
+            }
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::backoff::delay;
+use super::backoff::{WHILE_SHUTTING_DOWN, delay};
 use super::record::KinesisRecord;
 
 /// Held records of every throttled shard. Pure bookkeeping: the producer decides when to look.
@@ -22,6 +22,9 @@ pub(super) struct Throttled {
     base: Duration,
     cap: Duration,
     user_records: usize,
+    /// Shutting down: every shard waits `WHILE_SHUTTING_DOWN` at most; the deadline bounds
+    /// the rest.
+    hurrying: bool,
 }
 
 #[derive(Debug)]
@@ -39,6 +42,16 @@ impl Throttled {
             base,
             cap,
             user_records: 0,
+            hurrying: false,
+        }
+    }
+
+    /// From now on no shard waits longer than `WHILE_SHUTTING_DOWN`, and none waits at all
+    /// now: the producer is shutting down and its deadline is what bounds the retries.
+    pub fn hurry(&mut self, now: Instant) {
+        self.hurrying = true;
+        for hold in self.shards.values_mut() {
+            hold.not_before = hold.not_before.min(now);
         }
     }
 
@@ -58,7 +71,12 @@ impl Throttled {
             not_before: now,
         });
         hold.throttles = hold.throttles.saturating_add(1);
-        hold.not_before = now + delay(hold.throttles, self.base, self.cap, unit_random);
+        hold.not_before = now
+            + if self.hurrying {
+                WHILE_SHUTTING_DOWN.min(self.base)
+            } else {
+                delay(hold.throttles, self.base, self.cap, unit_random)
+            };
         hold.records.extend(records);
     }
 
@@ -152,6 +170,21 @@ mod tests {
         held.stored("a");
         held.hold("a".into(), records(1), now, 1.0);
         assert_eq!(held.next_due(), Some(now + BASE), "from the start again");
+    }
+
+    #[test]
+    fn shutting_down_releases_every_shard_and_caps_the_backoff_at_the_base() {
+        let now = Instant::now();
+        let mut held = Throttled::new(BASE, CAP);
+        for _ in 0..10 {
+            held.hold("a".into(), records(1), now, 1.0);
+        }
+        assert_eq!(held.next_due(), Some(now + CAP));
+        held.hurry(now);
+        assert_eq!(held.next_due(), Some(now));
+        assert_eq!(held.take_due(now).len(), 10);
+        held.hold("a".into(), records(1), now, 1.0);
+        assert_eq!(held.next_due(), Some(now + WHILE_SHUTTING_DOWN.min(BASE)));
     }
 
     #[test]
