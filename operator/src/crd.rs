@@ -72,7 +72,8 @@ pub struct KinesisExporterSpec {
     /// Always, IfNotPresent or Never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<ImagePullPolicy>,
-    /// CPU and memory for the exporter container.
+    /// CPU and memory for the exporter container. A memory limit also sizes the exporter's
+    /// memory for requests being decoded (receivers.otlp.request_memory_limit_mib): half of it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Node labels the pods must match.

@@ -82,6 +82,9 @@ fn exporter_config(spec: &KinesisExporterSpec) -> exporter::Config {
     let mut receivers = exporter::Receivers::default();
     receivers.otlp.protocols.grpc.endpoint = format!("0.0.0.0:{GRPC_PORT}");
     receivers.otlp.protocols.http.endpoint = format!("0.0.0.0:{HTTP_PORT}");
+    if let Some(limit_mib) = request_memory_limit_mib(spec) {
+        receivers.otlp.request_memory_limit_mib = limit_mib;
+    }
     exporter::Config {
         receivers,
         exporters: BTreeMap::from([(EXPORTER_ID.to_string(), exporter)]),
@@ -94,6 +97,20 @@ fn exporter_config(spec: &KinesisExporterSpec) -> exporter::Config {
             },
         },
     }
+}
+
+/// Half the container's memory limit, if it has one, for requests being decoded (the rest is
+/// for queued records, the process and what the allocator has not given back yet), within
+/// the key's range. Without a limit, the exporter's default.
+fn request_memory_limit_mib(spec: &KinesisExporterSpec) -> Option<u64> {
+    let limit = spec.resources.as_ref()?.limits.as_ref()?.get("memory")?;
+    // As f64: the crate's integer conversions drop a fraction before scaling ("1.5Gi").
+    let bytes = kube_quantity::ParsedQuantity::try_from(limit)
+        .ok()?
+        .to_bytes_f64()?;
+    let (_, min, max) = settings::range(Group::Receiver, "request_memory_limit_mib");
+    let half_mib = (bytes / 2.0 / (1024.0 * 1024.0)).floor();
+    Some((half_mib as u64).clamp(min, max))
 }
 
 /// The producer settings of `spec`: each `spec.kpl` field the settings table maps to an

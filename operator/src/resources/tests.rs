@@ -494,3 +494,33 @@ fn the_fingerprint_moves_with_what_others_change_and_not_with_status() {
     edited.resource_version = Some("102".into());
     assert_ne!(fingerprint(&config_map), fingerprint(&edited));
 }
+
+#[test]
+fn the_request_memory_budget_is_half_the_containers_memory_limit() {
+    let budget = |resources: serde_json::Value| {
+        loaded(&kex(json!({ "resources": resources })))
+            .receivers
+            .otlp
+            .request_memory_limit_mib
+    };
+    let default = exporter::Receivers::default().otlp.request_memory_limit_mib;
+    assert_eq!(
+        budget(json!({})),
+        default,
+        "no limit: the exporter's default"
+    );
+    assert_eq!(budget(json!({"requests": {"memory": "1Gi"}})), default);
+    assert_eq!(budget(json!({"limits": {"memory": "1Gi"}})), 512);
+    assert_eq!(budget(json!({"limits": {"memory": "1.5G"}})), 715);
+    assert_eq!(budget(json!({"limits": {"memory": "1.5Gi"}})), 768);
+    assert_eq!(budget(json!({"limits": {"memory": "2147483648"}})), 1024);
+    assert_eq!(
+        budget(json!({"limits": {"memory": "20Mi"}})),
+        16,
+        "the key's minimum"
+    );
+    // And the pods roll with it, since it is in the configuration.
+    let restart =
+        |memory: &str| restart_hash_of(&kex(json!({"resources": {"limits": {"memory": memory}}})));
+    assert_ne!(restart("1Gi"), restart("2Gi"));
+}
