@@ -19,6 +19,7 @@ import base64
 import gzip
 import io
 import json
+import os
 import re
 import socket
 import threading
@@ -89,6 +90,20 @@ def kinesis_exporter(stream: str, endpoint: str, *, encoding: str = "otlp_proto"
         config["partition_key"] = partition_key
     config.update(extra)
     return config
+
+
+def one_span_traces(spans: int) -> bytes:
+    """An OTLP traces request (protobuf) of ``spans`` one-span traces of 33 bytes each, with
+    random ids: the input that costs the exporter the most memory per byte."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    request = ExportTraceServiceRequest()
+    scope = request.resource_spans.add().scope_spans.add()
+    for _ in range(spans):
+        span = scope.spans.add()
+        span.trace_id = os.urandom(16)
+        span.span_id = os.urandom(8)
+        span.name = "x"
+    return request.SerializeToString()
 
 
 def all_signals_to(exporter_id: str) -> dict:

@@ -9,33 +9,19 @@ the exporter to 1.37 GB, and four 4 MiB gRPC messages at once to 708 MB.
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 
 import grpc
 import requests
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from conftest import create_stream, wait_for
-from otlp_helpers import kinesis_exporter
+from otlp_helpers import kinesis_exporter, one_span_traces
 
 MIB = 1024 * 1024
 # What the exporter counts a request at, per decompressed byte (ingress/memory.rs).
 BYTES_HELD_PER_REQUEST_BYTE = 32
 TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
-
-
-def one_span_traces(spans: int) -> bytes:
-    """An OTLP traces request of ``spans`` one-span traces of 33 bytes each (random ids)."""
-    request = ExportTraceServiceRequest()
-    scope = request.resource_spans.add().scope_spans.add()
-    for _ in range(spans):
-        span = scope.spans.add()
-        span.trace_id = os.urandom(16)
-        span.span_id = os.urandom(8)
-        span.name = "x"
-    return request.SerializeToString()
 
 
 def memory_mib(pid: int, field: str) -> float:

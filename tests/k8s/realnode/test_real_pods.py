@@ -16,14 +16,16 @@ import subprocess
 import time
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
 
 import boto3
+import requests
 
 from conftest import create_stream, moto_iam_admin, start_recording, stop_recording, sts_calls
-from otlp_helpers import read_signal, send_traces, spans_of
+from otlp_helpers import one_span_traces, read_signal, send_traces, spans_of
 from span_load import HEADER, SpanLoad
 
 from ..k8s_helpers import (
@@ -257,6 +259,51 @@ def test_exporter_pods_become_ready_and_carry_otlp_through_the_service(
         assert claims["aud"] == ["sts.amazonaws.com"], claims
         assert claims["sub"] == f"system:serviceaccount:{ns}:{name}", claims
         assert claims["kubernetes.io"]["pod"]["name"] in pod_names, claims
+
+
+# --------------------------------------------------------------------------- memory bounded by the pod's limit
+
+
+def test_a_pod_with_a_memory_limit_survives_huge_requests(
+        k8s_cluster: Cluster, real_node: RealNode, operator_release: str,
+        bridge_peers: BridgePeers) -> None:
+    """A 256Mi memory limit makes the operator give the exporter a 128 MiB request budget. The
+    19.8 MB request of 600k one-span traces that once took an exporter to 1.37 GB (an OOM kill
+    under this limit) is refused whole with 413, naming the key; two 3.5 MB ones at once are
+    admitted in turn and stored; the container is never OOM-killed or restarted."""
+    ns = make_namespace(k8s_cluster, "kex-real-memory")
+    name = "big"
+    stream = f"kex-real-{uuid.uuid4().hex[:8]}"
+    create_stream(bridge_peers.kinesis, stream, 2)
+    service = deploy_exporter(k8s_cluster, real_node, bridge_peers.kinesis, bridge_peers.sts, ns, name,
+                              stream, replicas=1, kpl={"backlogCount": 300_000},
+                              resources={"limits": {"memory": "256Mi"}, "requests": {"memory": "256Mi"}})
+    (pod,) = wait_pods_ready(k8s_cluster, ns, exporter_selector(name), 1)
+    config = k8s_cluster.get_json("-n", ns, "configmap", name)["data"]["config.yaml"]
+    assert "request_memory_limit_mib: 128" in config, config
+
+    huge = one_span_traces(600_000)
+    response = requests.post(service.http_url("/v1/traces"), data=huge,
+                             headers={"Content-Type": "application/x-protobuf"}, timeout=120)
+    assert response.status_code == 413, (response.status_code, response.text[:300])
+    assert "request_memory_limit_mib" in response.text, response.text[:300]
+
+    large = one_span_traces(105_000)  # 3.5 MB, counted at 110 MiB: one at a time
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda _: requests.post(
+            service.http_url("/v1/traces"), data=large,
+            headers={"Content-Type": "application/x-protobuf"}, timeout=120).status_code, range(2)))
+    assert answers == [200, 200], answers
+
+    status_url = f"http://{pod['status']['podIP']}:8888/status"
+    poll("the 210k records stored", lambda: requests.get(status_url, timeout=5).json()["exporters"][0]
+         ["records_delivered"] >= 210_000, timeout=120, interval=1)
+    (after,) = pods(k8s_cluster, ns, exporter_selector(name))
+    container = after["status"]["containerStatuses"][0]
+    assert after["metadata"]["name"] == pod["metadata"]["name"]
+    assert container["restartCount"] == 0 and "terminated" not in container.get("lastState", {}), container
+    print(f"\n256Mi pod: the 19.8 MB request refused with 413; two 3.5 MB requests stored; "
+          f"restarts {container['restartCount']}")
 
 
 # --------------------------------------------------------------------------- status from the data plane
