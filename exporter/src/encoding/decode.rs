@@ -49,7 +49,7 @@ fn count(mut bytes: Bytes, tag: u32) -> Result<usize, DecodeError> {
 }
 
 /// The bytes of the length-delimited field at the front of `bytes` (no copy).
-fn delimited(
+pub(super) fn delimited(
     wire_type: prost::encoding::WireType,
     bytes: &mut Bytes,
 ) -> Result<Bytes, DecodeError> {

@@ -15,6 +15,7 @@ use prost::encoding::{
 };
 use prost::{DecodeError, Message};
 
+use super::decode::delimited;
 use super::signals::{id_length_error, resource_key, trace_key};
 use super::{Encoded, RecordFormat, compress, fit};
 use crate::config::{Compression, PartitionKey};
@@ -83,54 +84,54 @@ pub fn split_traces(mut bytes: Bytes) -> Result<Vec<RawResource>, DecodeError> {
     Ok(resources)
 }
 
-fn resource(mut bytes: Bytes) -> Result<RawResource, DecodeError> {
-    let mut out = RawResource {
-        bytes: bytes.clone(),
-        ..RawResource::default()
-    };
+fn resource(bytes: Bytes) -> Result<RawResource, DecodeError> {
+    let mut scopes = Vec::new();
     let mut check = opentelemetry_proto::tonic::trace::v1::ResourceSpans::default();
-    while !bytes.is_empty() {
-        let start = bytes.clone();
-        let (number, wire_type) = decode_key(&mut bytes)?;
-        if number == SCOPES {
-            out.scopes.push(scope(delimited(wire_type, &mut bytes)?)?);
-        } else {
-            check.merge_field(number, wire_type, &mut bytes, DecodeContext::default())?;
-            out.head.push(RawField {
-                number,
-                bytes: start.slice(..start.len() - bytes.len()),
-            });
-        }
-    }
-    Ok(out)
+    let head = split_entries(bytes.clone(), SCOPES, &mut check, |entry| {
+        scopes.push(scope(entry)?);
+        Ok(())
+    })?;
+    Ok(RawResource {
+        bytes,
+        head,
+        scopes,
+    })
 }
 
-fn scope(mut bytes: Bytes) -> Result<RawScope, DecodeError> {
-    let mut out = RawScope::default();
+fn scope(bytes: Bytes) -> Result<RawScope, DecodeError> {
+    let mut spans = Vec::new();
     let mut check = opentelemetry_proto::tonic::trace::v1::ScopeSpans::default();
+    let head = split_entries(bytes, ITEMS, &mut check, |span| {
+        valid_message(&span, &SPAN, SPAN_DEPTH)?;
+        spans.push(span);
+        Ok(())
+    })?;
+    Ok(RawScope { head, spans })
+}
+
+/// Hands each occurrence of the repeated field `entries` to `entry`, and returns every other
+/// field as received, after decoding it into `check` (which is how it is checked).
+fn split_entries(
+    mut bytes: Bytes,
+    entries: u32,
+    check: &mut impl Message,
+    mut entry: impl FnMut(Bytes) -> Result<(), DecodeError>,
+) -> Result<Vec<RawField>, DecodeError> {
+    let mut head = Vec::new();
     while !bytes.is_empty() {
         let start = bytes.clone();
         let (number, wire_type) = decode_key(&mut bytes)?;
-        if number == ITEMS {
-            let span = delimited(wire_type, &mut bytes)?;
-            valid_message(&span, &SPAN, SPAN_DEPTH)?;
-            out.spans.push(span);
+        if number == entries {
+            entry(delimited(wire_type, &mut bytes)?)?;
         } else {
             check.merge_field(number, wire_type, &mut bytes, DecodeContext::default())?;
-            out.head.push(RawField {
+            head.push(RawField {
                 number,
                 bytes: start.slice(..start.len() - bytes.len()),
             });
         }
     }
-    Ok(out)
-}
-
-/// The bytes of the length-delimited field at the front of `bytes` (no copy).
-fn delimited(wire_type: WireType, bytes: &mut Bytes) -> Result<Bytes, DecodeError> {
-    let mut field = Bytes::new();
-    prost::encoding::bytes::merge(wire_type, &mut field, bytes, DecodeContext::default())?;
-    Ok(field)
+    Ok(head)
 }
 
 // ---------------------------------------------------------------- the span's schema
