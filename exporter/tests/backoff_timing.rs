@@ -12,9 +12,11 @@ use kinesis_exporter::kpl::{
 };
 use tokio::time::Instant;
 
-/// Throttles the first `failures` calls, then stores everything; notes when each call came.
+/// Fails the first `failures` calls with `code` (retryable), then stores everything; notes
+/// when each call came.
 struct Throttled {
     failures: usize,
+    code: &'static str,
     calls: Mutex<Vec<Instant>>,
 }
 
@@ -30,7 +32,7 @@ impl KinesisApi for Throttled {
             if calls.len() <= self.failures {
                 return Err(RequestError {
                     retryable: true,
-                    code: "ProvisionedThroughputExceededException".into(),
+                    code: self.code.into(),
                     message: "slow down".into(),
                 });
             }
@@ -57,17 +59,19 @@ impl KinesisApi for Throttled {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn retries_back_off_exponentially_with_jitter_up_to_the_cap() {
+/// Fails 8 calls with `code`, then checks the gaps between the 9 calls: delay n in the upper
+/// half of min(100 ms x 2^(n-1), 2 s). The record is sent while the producer runs (a 10 ms
+/// linger); at shutdown retries no longer wait out their backoff.
+async fn backs_off_exponentially_with_jitter_up_to_the_cap(code: &'static str) {
     let client = Arc::new(Throttled {
         failures: 8,
+        code,
         calls: Mutex::default(),
     });
     let kpl = KplConfig {
         max_retries: 10,
         max_backoff_seconds: 2,
-        flush_interval_seconds: 3600,
-        linger_ms: 3_600_000,
+        linger_ms: 10,
         ..KplConfig::default()
     };
     let config = kinesis_exporter::server::producer_config("stream", &kpl);
@@ -79,22 +83,38 @@ async fn retries_back_off_exponentially_with_jitter_up_to_the_cap() {
         .put(UserRecord::new("k", b"x".to_vec()))
         .await
         .unwrap();
+    while client.calls.lock().unwrap().len() < 9 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     producer.shutdown(Duration::from_secs(3600)).await;
 
     let calls = client.calls.lock().unwrap().clone();
-    assert_eq!(calls.len(), 9, "8 throttled attempts, then success");
+    assert_eq!(calls.len(), 9, "8 failed attempts, then success");
     let cap = Duration::from_secs(2);
     for (retry, pair) in (1u32..).zip(calls.windows(2)) {
         let gap = pair[1] - pair[0];
         let ceiling = (Duration::from_millis(100) * 2u32.pow(retry - 1)).min(cap);
         assert!(
             gap >= ceiling / 2 && gap <= ceiling,
-            "retry {retry}: waited {gap:?}, expected within [{:?}, {ceiling:?}]",
+            "{code}, retry {retry}: waited {gap:?}, expected within [{:?}, {ceiling:?}]",
             ceiling / 2
         );
     }
     assert_eq!(metrics.user_records_delivered.get(), 1);
-    assert_eq!(metrics.retried("ProvisionedThroughputExceededException"), 8);
+    assert_eq!(metrics.retried(code), 8);
+}
+
+/// A 5xx: retried by its send job, which keeps its connection while it backs off.
+#[tokio::test(start_paused = true)]
+async fn failed_sends_back_off_exponentially_with_jitter_up_to_the_cap() {
+    backs_off_exponentially_with_jitter_up_to_the_cap("InternalFailure").await;
+}
+
+/// Throttling: held back by its shard, whose own backoff follows the same curve.
+#[tokio::test(start_paused = true)]
+async fn a_throttled_shard_backs_off_exponentially_with_jitter_up_to_the_cap() {
+    backs_off_exponentially_with_jitter_up_to_the_cap("ProvisionedThroughputExceededException")
+        .await;
 }
 
 /// A lone record is sent after the linger (100 ms by default), not after the seed's
@@ -103,6 +123,7 @@ async fn retries_back_off_exponentially_with_jitter_up_to_the_cap() {
 async fn a_partial_batch_is_sent_after_the_linger() {
     let client = Arc::new(Throttled {
         failures: 0,
+        code: "",
         calls: Mutex::default(),
     });
     let kpl = KplConfig::default();

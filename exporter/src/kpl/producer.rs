@@ -562,6 +562,11 @@ impl Pipeline {
             self.throttled_in_flight += record.user_records.len();
             self.emit(record).await;
         }
+        // They have waited their backoff already: sent now, not after another linger.
+        if let Some(batch) = self.batcher.take() {
+            self.ready.push(batch);
+        }
+        self.dispatch_ready().await;
     }
 
     /// Resolves at `when`, or never.
