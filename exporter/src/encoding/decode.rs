@@ -59,17 +59,31 @@ pub(super) fn delimited(
 }
 
 /// The request's resource entries (field 1); other fields are skipped, as prost does.
-fn resources<R: Nested + Default>(mut bytes: Bytes) -> Result<Vec<R>, DecodeError> {
+fn resources<R: Nested + Default>(bytes: Bytes) -> Result<Vec<R>, DecodeError> {
     let mut out = Vec::with_capacity(count(bytes.clone(), RESOURCES)?);
+    for_each_entry(bytes, RESOURCES, |entry| {
+        out.push(resource(entry)?);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Hands the bytes of each occurrence of the length-delimited field `tag` to `entry`; other
+/// fields are checked and skipped, as prost does with fields it does not know.
+pub(super) fn for_each_entry(
+    mut bytes: Bytes,
+    tag: u32,
+    mut entry: impl FnMut(Bytes) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
     while !bytes.is_empty() {
         let (field, wire_type) = decode_key(&mut bytes)?;
-        if field == RESOURCES {
-            out.push(resource(delimited(wire_type, &mut bytes)?)?);
+        if field == tag {
+            entry(delimited(wire_type, &mut bytes)?)?;
         } else {
             skip_field(wire_type, field, &mut bytes, DecodeContext::default())?;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn resource<R: Nested + Default>(mut bytes: Bytes) -> Result<R, DecodeError> {

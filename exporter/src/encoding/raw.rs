@@ -15,7 +15,7 @@ use prost::encoding::{
 };
 use prost::{DecodeError, Message};
 
-use super::decode::delimited;
+use super::decode::{delimited, for_each_entry};
 use super::signals::{id_length_error, resource_key, trace_key};
 use super::{Encoded, RecordFormat, compress, fit};
 use crate::config::{Compression, PartitionKey};
@@ -71,16 +71,12 @@ impl RawResource {
 
 /// Splits a traces request into its resource entries, checking every byte of it: the resource
 /// and scope fields by decoding them (they are few), each span against the schema.
-pub fn split_traces(mut bytes: Bytes) -> Result<Vec<RawResource>, DecodeError> {
+pub fn split_traces(bytes: Bytes) -> Result<Vec<RawResource>, DecodeError> {
     let mut resources = Vec::new();
-    while !bytes.is_empty() {
-        let (number, wire_type) = decode_key(&mut bytes)?;
-        if number == RESOURCES {
-            resources.push(resource(delimited(wire_type, &mut bytes)?)?);
-        } else {
-            skip_field(wire_type, number, &mut bytes, DecodeContext::default())?;
-        }
-    }
+    for_each_entry(bytes, RESOURCES, |entry| {
+        resources.push(resource(entry)?);
+        Ok(())
+    })?;
     Ok(resources)
 }
 
@@ -340,17 +336,17 @@ fn delimited_len(len: usize) -> usize {
 /// The export request holding `resource` with only the `selected` spans (sorted by scope),
 /// written from the received bytes; scopes with no selected span are left out.
 pub fn request_of(resource: &RawResource, selected: Selection<'_>) -> Vec<u8> {
+    let head_len = |head: &[RawField]| head.iter().map(|f| f.bytes.len()).sum::<usize>();
     let scope_len = |scope: &RawScope, spans: &[(u32, u32)]| -> usize {
-        scope.head.iter().map(|f| f.bytes.len()).sum::<usize>()
+        head_len(&scope.head)
             + spans
                 .iter()
                 .map(|&(_, i)| delimited_len(scope.spans[i as usize].len()))
                 .sum::<usize>()
     };
-    let runs: Vec<&[(u32, u32)]> = selected.chunk_by(|a, b| a.0 == b.0).collect();
-    let resource_len = resource.head.iter().map(|f| f.bytes.len()).sum::<usize>()
-        + runs
-            .iter()
+    let runs = || selected.chunk_by(|a, b| a.0 == b.0);
+    let resource_len = head_len(&resource.head)
+        + runs()
             .map(|run| delimited_len(scope_len(&resource.scopes[run[0].0 as usize], run)))
             .sum::<usize>();
     let mut out = Vec::with_capacity(delimited_len(resource_len));
@@ -358,33 +354,29 @@ pub fn request_of(resource: &RawResource, selected: Selection<'_>) -> Vec<u8> {
     encode_varint(resource_len as u64, &mut out);
     // Fields in field-number order, as protobuf encoders write them (the order does not
     // change the meaning; it makes a canonical request give canonical records).
-    let (resource_before, resource_after): (Vec<_>, Vec<_>) =
-        resource.head.iter().partition(|f| f.number < SCOPES);
-    for field in resource_before {
-        out.extend_from_slice(&field.bytes);
-    }
-    for run in runs {
+    write_head(&mut out, &resource.head, |n| n < SCOPES);
+    for run in runs() {
         let scope = &resource.scopes[run[0].0 as usize];
         encode_key(SCOPES, WireType::LengthDelimited, &mut out);
         encode_varint(scope_len(scope, run) as u64, &mut out);
-        let (before, after): (Vec<_>, Vec<_>) = scope.head.iter().partition(|f| f.number < ITEMS);
-        for field in before {
-            out.extend_from_slice(&field.bytes);
-        }
+        write_head(&mut out, &scope.head, |n| n < ITEMS);
         for &(_, i) in run {
             let span = &scope.spans[i as usize];
             encode_key(ITEMS, WireType::LengthDelimited, &mut out);
             encode_varint(span.len() as u64, &mut out);
             out.extend_from_slice(span);
         }
-        for field in after {
-            out.extend_from_slice(&field.bytes);
-        }
+        write_head(&mut out, &scope.head, |n| n > ITEMS);
     }
-    for field in resource_after {
+    write_head(&mut out, &resource.head, |n| n > SCOPES);
+    out
+}
+
+/// Appends the fields of `head` whose number `keep` selects, as received.
+fn write_head(out: &mut Vec<u8>, head: &[RawField], keep: impl Fn(u32) -> bool) {
+    for field in head.iter().filter(|f| keep(f.number)) {
         out.extend_from_slice(&field.bytes);
     }
-    out
 }
 
 // ---------------------------------------------------------------- records
@@ -428,10 +420,12 @@ pub fn traces(resources: &[RawResource], format: &RecordFormat) -> Encoded {
                 put(resource, &selection, trace_key(&run[0].0), format, &mut out);
             }
         } else {
-            let key = resource_key(
-                resource.resource().ok().flatten().as_ref(),
-                &format.partition_key,
-            );
+            // The resource is decoded only when its attributes make the key.
+            let attributes = match format.partition_key {
+                PartitionKey::Attribute(_) => resource.resource().ok().flatten(),
+                _ => None,
+            };
+            let key = resource_key(attributes.as_ref(), &format.partition_key);
             if refused {
                 let selection: Vec<_> = order.iter().map(|&(_, s, i)| (s, i)).collect();
                 put(resource, &selection, key, format, &mut out);
