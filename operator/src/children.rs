@@ -1,10 +1,15 @@
-//! The children of one resource in the cluster: read from the watch caches (the API server
-//! only for a name the caches do not hold, which may be another workload's object), checked
-//! for names held by objects the resource does not control, then applied, skipping every
-//! child that is exactly as the operator last applied it. A resource at rest costs no request.
+//! The children of one resource in the cluster: read from the watch caches, checked for names
+//! held by objects the resource does not control, then applied, skipping every child that is
+//! exactly as the operator last applied it. A resource at rest costs no request.
+//!
+//! A child the caches do not hold is created with a create-only apply (a server-side apply
+//! carrying a resourceVersion no object has: it creates, or fails with a conflict when an
+//! object of that name exists), so a new resource costs one request per child. Only on that
+//! conflict is the object read, to tell another workload's object from one of ours the cache
+//! has not shown yet.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount, ServicePort};
@@ -44,7 +49,13 @@ struct Record {
     desired: String,
     after: String,
     before: Option<String>,
+    at: std::time::Instant,
 }
+
+/// How long a child the operator just applied may be missing from its watch cache before it
+/// is taken for deleted (a resource with a child the cache does not hold is looked at again
+/// within this time).
+const CACHE_CATCH_UP: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How a child compares with what was last applied.
 #[derive(Debug, PartialEq, Eq)]
@@ -75,8 +86,18 @@ impl Applied {
                 desired,
                 after,
                 before,
+                at: std::time::Instant::now(),
             },
         );
+    }
+
+    /// Whether `desired` was applied to `key` within [`CACHE_CATCH_UP`].
+    fn just_applied(&self, key: &str, desired: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap()
+            .get(key)
+            .is_some_and(|r| r.desired == desired && r.at.elapsed() < CACHE_CATCH_UP)
     }
 }
 
@@ -87,9 +108,27 @@ enum Ensured<K> {
     /// Nothing to send. `stale`: the cache still shows the object from before the last
     /// apply, so its status is not the current one.
     Unchanged { stale: bool },
+    /// Nothing to send: the object as read from the API server (the cache did not hold it yet).
+    Current(K),
+    /// The name is held by an object this resource does not control; why. Left untouched.
+    Taken(String),
 }
 
-/// The children as they stand (None where absent): the Deployment whole, the others' metadata.
+impl<K> Ensured<K> {
+    fn taken(self) -> Option<String> {
+        match self {
+            Ensured::Taken(why) => Some(why),
+            _ => None,
+        }
+    }
+}
+
+/// A resourceVersion no stored object has: an apply carrying it creates the object or fails
+/// with 409 Conflict, never changing an existing one (the Java Operator SDK creates this way).
+const CREATE_ONLY: &str = "1";
+
+/// The children as the watch caches hold them (None where the cache holds nothing of that
+/// name): the Deployment whole, the others' metadata.
 pub struct Existing {
     pub service_account: Option<ObjectMeta>,
     pub config_map: Option<ObjectMeta>,
@@ -135,65 +174,49 @@ fn record_key<K: Resource<DynamicType = ()> + Serialize>(desired: &K) -> (String
     (key, digest)
 }
 
-/// The metadata of `ns/name` of kind K: from the cache, else, when `wanted` (the spec asks
-/// for that child), from the API server: an object without the operator's label is not in the
-/// cache, and it is the one that must be seen before anything of that name is applied. A
-/// child the spec does not want matters only if it is ours, and ours are in the cache.
-async fn metadata<K>(
-    cache: &Store<PartialObjectMeta<K>>,
-    wanted: bool,
-    ctx: &Context,
-    ns: &str,
-    name: &str,
-) -> Result<Option<ObjectMeta>, Error>
+fn cached<K>(cache: &Store<PartialObjectMeta<K>>, ns: &str, name: &str) -> Option<ObjectMeta>
 where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + std::fmt::Debug
-        + DeserializeOwned,
+    K: Resource<DynamicType = ()> + Clone,
 {
-    if let Some(cached) = cache.get(&ObjectRef::new(name).within(ns)) {
-        return Ok(Some(cached.metadata.clone()));
-    }
-    if !wanted {
-        return Ok(None);
-    }
-    let api: Api<K> = Api::namespaced(ctx.client.clone(), ns);
-    api.get_metadata_opt(name)
-        .await
-        .map(|found| found.map(|o| o.metadata))
-        .map_err(read_failed(&kind_of::<K>(), name))
+    cache
+        .get(&ObjectRef::new(name).within(ns))
+        .map(|o| o.metadata.clone())
 }
 
-pub async fn read(kex: &KinesisExporter, ctx: &Context, ns: &str) -> Result<Existing, Error> {
+/// The children as the caches hold them. Costs no request: a name the caches do not hold is
+/// looked at only when creating it finds it taken.
+pub fn read(kex: &KinesisExporter, ctx: &Context, ns: &str) -> Existing {
     let name = kex.name_any();
     let caches = &ctx.caches;
-    let deployment = match caches.deployments.get(&ObjectRef::new(&name).within(ns)) {
-        Some(cached) => Some((*cached).clone()),
-        None => get_deployment(ctx, ns, &name).await?,
-    };
-    let wants_account = resources::service_account(kex).is_some();
-    let wants_budget = resources::pod_disruption_budget(kex).is_some();
-    Ok(Existing {
-        service_account: metadata(&caches.service_accounts, wants_account, ctx, ns, &name).await?,
-        config_map: metadata(&caches.config_maps, true, ctx, ns, &name).await?,
-        deployment,
-        service: metadata(&caches.services, true, ctx, ns, &name).await?,
-        budget: metadata(&caches.budgets, wants_budget, ctx, ns, &name).await?,
+    Existing {
+        service_account: cached(&caches.service_accounts, ns, &name),
+        config_map: cached(&caches.config_maps, ns, &name),
+        deployment: caches
+            .deployments
+            .get(&ObjectRef::new(&name).within(ns))
+            .map(|d| (*d).clone()),
+        service: cached(&caches.services, ns, &name),
+        budget: cached(&caches.budgets, ns, &name),
+    }
+}
+
+/// Why `kind name` cannot be this resource's child, if `meta` is an object it does not control.
+fn taken_by(kex: &KinesisExporter, kind: &str, meta: &ObjectMeta) -> Option<String> {
+    let uid = kex.metadata.uid.as_deref().unwrap_or_default();
+    resources::foreign_holder(meta, uid).map(|why| {
+        format!(
+            "{kind} {} exists and is not managed by this KinesisExporter ({why})",
+            kex.name_any()
+        )
     })
 }
 
-/// The children this resource would create whose names are held by objects it does not
-/// control, each with why. Checked for all of them before anything is applied, so a conflict
-/// never leaves pods running beside an object that is not theirs.
+/// Of the children the caches hold, those held by objects this resource does not control
+/// (another resource's, say, awaiting garbage collection), each with why. Checked before
+/// anything is applied; names the caches do not hold are checked as they are created, the
+/// Deployment last, so a conflict never leaves pods running beside an object not theirs.
 pub fn taken_names(kex: &KinesisExporter, existing: &Existing) -> Vec<String> {
-    let uid = kex.metadata.uid.clone().unwrap_or_default();
-    let name = kex.name_any();
-    let holder = |kind: &str, meta: Option<&ObjectMeta>| {
-        resources::foreign_holder(meta?, &uid).map(|why| {
-            format!("{kind} {name} exists and is not managed by this KinesisExporter ({why})")
-        })
-    };
+    let holder = |kind: &str, meta: Option<&ObjectMeta>| taken_by(kex, kind, meta?);
     let wants_account = resources::service_account(kex).is_some();
     let wants_budget = resources::pod_disruption_budget(kex).is_some();
     [
@@ -218,11 +241,13 @@ pub fn taken_names(kex: &KinesisExporter, existing: &Existing) -> Vec<String> {
 }
 
 /// Server-side applies `desired` unless the child is exactly as last applied: the same
-/// desired object, and the object in the cluster unchanged since (its fingerprint).
+/// desired object, and the object in the cluster unchanged since (its fingerprint). A child
+/// the cache does not hold (`cached` None) is created, unless its name is taken.
 async fn ensure<K>(
     api: &Api<K>,
     desired: &K,
-    existing: Option<&ObjectMeta>,
+    cached: Option<&ObjectMeta>,
+    kex: &KinesisExporter,
     ctx: &Context,
 ) -> Result<Ensured<K>, Error>
 where
@@ -231,19 +256,51 @@ where
     let kind = kind_of::<K>();
     let name = desired.meta().name.clone().unwrap_or_default();
     let (key, digest) = record_key(desired);
-    let before = existing.map(resources::fingerprint);
-    if let Some(before) = &before {
-        match ctx.applied.compare(&key, &digest, before) {
-            Compared::Unchanged => {
-                ctx.metrics.applied(kind, "unchanged");
-                return Ok(Ensured::Unchanged { stale: false });
-            }
-            Compared::Stale => {
-                ctx.metrics.applied(kind, "unchanged");
-                return Ok(Ensured::Unchanged { stale: true });
-            }
-            Compared::Changed => {}
+    let mut read = None;
+    let before = match cached {
+        Some(meta) => resources::fingerprint(meta),
+        // Applied moments ago, and the watch has not shown it yet: nothing to send. Had it
+        // been deleted since, the next look (within CACHE_CATCH_UP) creates it again.
+        None if ctx.applied.just_applied(&key, &digest) => {
+            ctx.metrics.applied(kind, "unchanged");
+            return Ok(Ensured::Unchanged { stale: true });
         }
+        None => match create(api, desired, ctx).await? {
+            Some(created) => {
+                let after = resources::fingerprint(created.meta());
+                ctx.applied.record(key, digest, after, None);
+                ctx.metrics.applied(kind, "created");
+                return Ok(Ensured::Applied(created));
+            }
+            // Taken: by another workload, or by our own object the cache does not show yet.
+            None => {
+                let current = api
+                    .get_opt(&name)
+                    .await
+                    .map_err(read_failed(&kind, &name))?
+                    .ok_or_else(|| Error::Vanished(format!("{kind} {name}")))?;
+                if let Some(why) = taken_by(kex, &kind, current.meta()) {
+                    return Ok(Ensured::Taken(why));
+                }
+                let before = resources::fingerprint(current.meta());
+                read = Some(current);
+                before
+            }
+        },
+    };
+    match ctx.applied.compare(&key, &digest, &before) {
+        Compared::Unchanged => {
+            ctx.metrics.applied(kind, "unchanged");
+            return Ok(match read {
+                Some(current) => Ensured::Current(current),
+                None => Ensured::Unchanged { stale: false },
+            });
+        }
+        Compared::Stale => {
+            ctx.metrics.applied(kind, "unchanged");
+            return Ok(Ensured::Unchanged { stale: true });
+        }
+        Compared::Changed => {}
     }
     ctx.may_write()?;
     let applied = api
@@ -253,18 +310,42 @@ where
             &Patch::Apply(desired),
         )
         .await
-        .map_err(|source| Error::Apply {
-            kind: std::any::type_name::<K>()
-                .rsplit("::")
-                .next()
-                .unwrap_or("object"),
-            name,
-            source,
-        })?;
-    ctx.applied
-        .record(key, digest, resources::fingerprint(applied.meta()), before);
+        .map_err(apply_failed::<K>(&name))?;
+    ctx.applied.record(
+        key,
+        digest,
+        resources::fingerprint(applied.meta()),
+        Some(before),
+    );
     ctx.metrics.applied(kind, "applied");
     Ok(Ensured::Applied(applied))
+}
+
+/// Creates `desired` by a create-only apply; None when an object of that name exists.
+async fn create<K>(api: &Api<K>, desired: &K, ctx: &Context) -> Result<Option<K>, Error>
+where
+    K: Resource<DynamicType = ()> + Serialize + Clone + std::fmt::Debug + DeserializeOwned,
+{
+    ctx.may_write()?;
+    let name = desired.meta().name.clone().unwrap_or_default();
+    let mut create_only = desired.clone();
+    create_only.meta_mut().resource_version = Some(CREATE_ONLY.into());
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    match api.patch(&name, &params, &Patch::Apply(&create_only)).await {
+        Ok(created) => Ok(Some(created)),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
+        Err(source) => Err(apply_failed::<K>(&name)(source)),
+    }
+}
+
+/// The error of a failed apply of `name` of kind K.
+fn apply_failed<K>(name: &str) -> impl FnOnce(kube::Error) -> Error {
+    let kind = std::any::type_name::<K>()
+        .rsplit("::")
+        .next()
+        .unwrap_or("object");
+    let name = name.to_string();
+    move |source| Error::Apply { kind, name, source }
 }
 
 /// Deletes a child the spec no longer asks for, if it exists and is ours.
@@ -345,67 +426,214 @@ async fn restore_service_ports(
     Ok(())
 }
 
-/// Applies every child the spec asks for and removes the ones it no longer does; returns the
-/// Deployment as it stands.
+/// What applying the children came to.
+pub enum Outcome {
+    /// Every child applied, or (the Service) being created; the Deployment as it stands.
+    Deployed {
+        deployment: Box<Deployment>,
+        /// The Service is still being created.
+        service_pending: bool,
+        /// A child the spec asks for is not in the watch caches yet: look again soon.
+        unseen: bool,
+    },
+    /// Names the caches did not hold turned out to be held by other objects, each with why:
+    /// nothing of those names was touched, and no Deployment was created.
+    Taken(Vec<String>),
+}
+
+/// Applies every child the spec asks for and removes the ones it no longer does. The
+/// Deployment goes last, once every other name is known to be ours.
 pub async fn apply(
     kex: &KinesisExporter,
-    ctx: &Context,
+    ctx: &Arc<Context>,
     ns: &str,
     existing: Existing,
-) -> Result<Deployment, Error> {
+) -> Result<Outcome, Error> {
     let client = &ctx.client;
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-    match resources::service_account(kex) {
-        Some(sa) => {
-            ensure(&accounts, &sa, existing.service_account.as_ref(), ctx).await?;
+    let unseen = (existing.service_account.is_none() && resources::service_account(kex).is_some())
+        || existing.config_map.is_none()
+        || existing.deployment.is_none()
+        || existing.service.is_none()
+        || (existing.budget.is_none() && resources::pod_disruption_budget(kex).is_some());
+    let account = async {
+        let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+        let cached = existing.service_account.as_ref();
+        match resources::service_account(kex) {
+            Some(sa) => Ok(ensure(&api, &sa, cached, kex, ctx).await?.taken()),
+            None => remove_if_owned(&api, cached, kex, ctx).await.map(|()| None),
         }
-        None => remove_if_owned(&accounts, existing.service_account.as_ref(), kex, ctx).await?,
+    };
+    let config_map = async {
+        let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+        let desired = resources::config_map(kex);
+        let cached = existing.config_map.as_ref();
+        Ok(ensure(&api, &desired, cached, kex, ctx).await?.taken())
+    };
+    let services: Api<Service> = Api::namespaced(client.clone(), ns);
+    let service = resources::service(kex);
+    let service_step = service_step(&services, &service, existing.service.as_ref(), kex, ctx);
+    let budget = async {
+        let api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
+        let cached = existing.budget.as_ref();
+        match resources::pod_disruption_budget(kex) {
+            Some(pdb) => Ok(ensure(&api, &pdb, cached, kex, ctx).await?.taken()),
+            None => remove_if_owned(&api, cached, kex, ctx).await.map(|()| None),
+        }
+    };
+    // Sent together: a new resource waits one round trip for these, not four.
+    let (account, config_map, service_step, budget) =
+        futures::try_join!(account, config_map, service_step, budget)?;
+    let service_taken = match &service_step {
+        ServiceStep::Taken(why) => Some(why.clone()),
+        _ => None,
+    };
+    let taken: Vec<String> = [account, config_map, service_taken, budget]
+        .into_iter()
+        .flatten()
+        .collect();
+    if !taken.is_empty() {
+        return Ok(Outcome::Taken(taken));
     }
-    ensure(
-        &Api::<ConfigMap>::namespaced(client.clone(), ns),
-        &resources::config_map(kex),
-        existing.config_map.as_ref(),
-        ctx,
-    )
-    .await?;
+    let service_pending = match service_step {
+        ServiceStep::Create => {
+            create_service(services, service, ctx.clone());
+            true
+        }
+        ServiceStep::UnderWay => true,
+        ServiceStep::Done | ServiceStep::Taken(_) => false,
+    };
     let desired = resources::deployment(kex, &ctx.defaults);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let deployment = match ensure(
-        &deployments,
-        &desired,
-        existing.deployment.as_ref().map(|d| &d.metadata),
-        ctx,
-    )
-    .await?
-    {
-        Ensured::Applied(applied) => applied,
+    let cached = existing.deployment.as_ref().map(|d| &d.metadata);
+    let deployment = match ensure(&deployments, &desired, cached, kex, ctx).await? {
+        Ensured::Applied(applied) | Ensured::Current(applied) => applied,
         // The cached Deployment predates the last apply: its status describes the previous
         // template, so read the current one.
         Ensured::Unchanged { stale: true } => get_deployment(ctx, ns, &desired.name_any())
             .await?
             .unwrap_or(desired),
         Ensured::Unchanged { stale: false } => existing.deployment.unwrap_or(desired),
+        Ensured::Taken(why) => return Ok(Outcome::Taken(vec![why])),
     };
-    let services: Api<Service> = Api::namespaced(client.clone(), ns);
-    let service = resources::service(kex);
-    let service_before = existing.service.as_ref();
-    // Someone changed the Service (its fingerprint moved): look at its ports before applying.
-    let (key, digest) = record_key(&service);
-    if let Some(before) = service_before
-        && ctx
-            .applied
-            .compare(&key, &digest, &resources::fingerprint(before))
-            == Compared::Changed
+    Ok(Outcome::Deployed {
+        deployment: Box::new(deployment),
+        service_pending,
+        unseen,
+    })
+}
+
+/// What to do about the Service once every other name is known to be ours.
+enum ServiceStep {
+    /// Applied, or unchanged.
+    Done,
+    /// Its name is held by an object this resource does not control; why.
+    Taken(String),
+    /// Absent: to be created, in the background (see [`create_service`]).
+    Create,
+    /// Being created by an earlier reconcile.
+    UnderWay,
+}
+
+/// Applies the Service, or finds out whether a new one can be created: a name the cache does
+/// not hold is read (its metadata), so that a name held by another workload's Service is seen
+/// before the Deployment is created, while the creation itself is left for later.
+async fn service_step(
+    api: &Api<Service>,
+    desired: &Service,
+    cached: Option<&ObjectMeta>,
+    kex: &KinesisExporter,
+    ctx: &Context,
+) -> Result<ServiceStep, Error> {
+    let (key, digest) = record_key(desired);
+    let name = desired.name_any();
+    let found;
+    let existing = match cached {
+        Some(meta) => meta,
+        None if ctx.creating.contains(&key) => return Ok(ServiceStep::UnderWay),
+        // Created moments ago; the watch has not shown it yet.
+        None if ctx.applied.just_applied(&key, &digest) => return Ok(ServiceStep::Done),
+        None => match api
+            .get_metadata_opt(&name)
+            .await
+            .map_err(read_failed("Service", &name))?
+        {
+            None => return Ok(ServiceStep::Create),
+            Some(meta) => {
+                if let Some(why) = taken_by(kex, "Service", &meta.metadata) {
+                    return Ok(ServiceStep::Taken(why));
+                }
+                found = meta.metadata;
+                &found
+            }
+        },
+    };
+    // Someone changed the Service (its fingerprint moved): look at its ports first.
+    if ctx
+        .applied
+        .compare(&key, &digest, &resources::fingerprint(existing))
+        == Compared::Changed
     {
-        restore_service_ports(&services, &service, ctx).await?;
+        restore_service_ports(api, desired, ctx).await?;
     }
-    ensure(&services, &service, service_before, ctx).await?;
-    let budgets: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
-    match resources::pod_disruption_budget(kex) {
-        Some(pdb) => {
-            ensure(&budgets, &pdb, existing.budget.as_ref(), ctx).await?;
+    Ok(
+        match ensure(api, desired, Some(existing), kex, ctx).await? {
+            Ensured::Taken(why) => ServiceStep::Taken(why),
+            _ => ServiceStep::Done,
+        },
+    )
+}
+
+/// The children being created in the background, by record key, and how many of those
+/// creates may be in flight at once: the API server performs them one at a time anyway, and
+/// requests queued there hold its seats (and earn 429s).
+pub struct Creating {
+    keys: Mutex<HashSet<String>>,
+    in_flight: tokio::sync::Semaphore,
+}
+
+/// Background creates in flight at once.
+const CREATES_IN_FLIGHT: usize = 4;
+
+impl Default for Creating {
+    fn default() -> Self {
+        Creating {
+            keys: Mutex::default(),
+            in_flight: tokio::sync::Semaphore::new(CREATES_IN_FLIGHT),
         }
-        None => remove_if_owned(&budgets, existing.budget.as_ref(), kex, ctx).await?,
     }
-    Ok(deployment)
+}
+
+impl Creating {
+    fn contains(&self, key: &str) -> bool {
+        self.keys.lock().unwrap().contains(key)
+    }
+}
+
+/// Creates the Service in the background. The API server hands out cluster IPs one Service at
+/// a time across the whole cluster (its allocator holds a lock across an API round trip), so
+/// under load a new Service takes seconds, and the Deployment need not wait for it. Its watch
+/// event brings the resource back; after a failure, the next reconcile tries again.
+fn create_service(api: Api<Service>, desired: Service, ctx: Arc<Context>) {
+    let (key, digest) = record_key(&desired);
+    if !ctx.creating.keys.lock().unwrap().insert(key.clone()) {
+        return;
+    }
+    tokio::spawn(async move {
+        let permit = ctx.creating.in_flight.acquire().await;
+        match create(&api, &desired, &ctx).await {
+            Ok(Some(created)) => {
+                let after = resources::fingerprint(created.meta());
+                ctx.applied.record(key.clone(), digest, after, None);
+                ctx.metrics.applied(kind_of::<Service>(), "created");
+            }
+            // Created meanwhile by someone: the next reconcile reads it.
+            Ok(None) => {}
+            Err(error) => {
+                ctx.metrics.failed(error.kind());
+                tracing::warn!(service = %key, %error, "cannot create the Service; the next reconcile tries again");
+            }
+        }
+        drop(permit);
+        ctx.creating.keys.lock().unwrap().remove(&key);
+    });
 }

@@ -65,8 +65,9 @@ impl OperatorMetrics {
         );
         registry.register(
             "child_applies",
-            "Children of KinesisExporters by kind and result: applied (a server-side apply was \
-             sent) or unchanged (exactly as last applied, nothing sent)",
+            "Children of KinesisExporters by kind and result: created (by a create-only apply), \
+             applied (a server-side apply was sent) or unchanged (exactly as last applied, \
+             nothing sent)",
             self.applies.clone(),
         );
     }

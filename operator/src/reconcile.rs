@@ -34,6 +34,9 @@ pub enum Error {
     },
     #[error("writing the status: {}", api_message(.0))]
     Status(kube::Error),
+    /// A create found the name taken, and the object was gone when read: the retry creates it.
+    #[error("{0} was deleted while being created")]
+    Vanished(String),
     #[error("the resource has no namespace")]
     NoNamespace,
     #[error("not the leader (the leader lease was not renewed in time): nothing is written")]
@@ -54,6 +57,7 @@ impl Error {
                 _ => "connection",
             },
             Error::NotLeader => "not_leader",
+            Error::Vanished(_) => "conflict",
             Error::NoNamespace => "no_namespace",
         }
     }
@@ -71,6 +75,8 @@ fn api_message(error: &kube::Error) -> String {
 pub struct Context {
     /// What was last applied to each child, so unchanged children are not written again.
     pub applied: crate::children::Applied,
+    /// The children being created in the background (new Services).
+    pub creating: crate::children::Creating,
     pub client: Client,
     pub defaults: Defaults,
     pub tenancy: Tenancy,
@@ -105,6 +111,7 @@ impl Context {
     ) -> Arc<Self> {
         Arc::new(Context {
             applied: Default::default(),
+            creating: Default::default(),
             client,
             defaults,
             tenancy,
@@ -138,15 +145,21 @@ impl Stop {
 
 /// Checks the policy and the children's names, then applies every child. Beside the outcome,
 /// the Deployment as it stands when nothing could be applied (it is read only when ours).
+/// What `deploy` achieved.
+struct Deployed {
+    deployment: Deployment,
+    /// The Service is still being created.
+    service_pending: bool,
+    /// A child is not in the watch caches yet.
+    unseen: bool,
+}
+
 async fn deploy(
     kex: &KinesisExporter,
-    ctx: &Context,
+    ctx: &Arc<Context>,
     ns: &str,
-) -> (Result<Deployment, Stop>, Option<Deployment>) {
-    let existing = match children::read(kex, ctx, ns).await {
-        Ok(existing) => existing,
-        Err(e) => return (Err(Stop::Failed(e)), None),
-    };
+) -> (Result<Deployed, Stop>, Option<Deployment>) {
+    let existing = children::read(kex, ctx, ns);
     let uid = kex.metadata.uid.clone().unwrap_or_default();
     let ours = existing
         .deployment
@@ -163,17 +176,32 @@ async fn deploy(
     }
     let taken_by = children::taken_names(kex, &existing);
     if !taken_by.is_empty() {
-        let problem = Problem::name_taken(format!(
-            "{}; it is left untouched and nothing is deployed: rename this KinesisExporter or \
-             remove that object",
-            taken_by.join("; ")
-        ));
-        return (Err(Stop::NameTaken(problem)), ours);
+        return (Err(name_taken(&taken_by)), ours);
     }
     match children::apply(kex, ctx, ns, existing).await {
-        Ok(deployment) => (Ok(deployment), None),
+        Ok(children::Outcome::Deployed {
+            deployment,
+            service_pending,
+            unseen,
+        }) => (
+            Ok(Deployed {
+                deployment: *deployment,
+                service_pending,
+                unseen,
+            }),
+            None,
+        ),
+        Ok(children::Outcome::Taken(taken_by)) => (Err(name_taken(&taken_by)), ours),
         Err(e) => (Err(Stop::Failed(e)), ours),
     }
+}
+
+fn name_taken(taken_by: &[String]) -> Stop {
+    Stop::NameTaken(Problem::name_taken(format!(
+        "{}; it is left untouched and nothing is deployed: rename this KinesisExporter or \
+         remove that object",
+        taken_by.join("; ")
+    )))
 }
 
 pub async fn reconcile(kex: Arc<KinesisExporter>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -183,12 +211,13 @@ pub async fn reconcile(kex: Arc<KinesisExporter>, ctx: Arc<Context>) -> Result<A
     result
 }
 
-async fn reconcile_once(kex: Arc<KinesisExporter>, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_once(kex: Arc<KinesisExporter>, ctx: &Arc<Context>) -> Result<Action, Error> {
     let ns = kex.namespace().ok_or(Error::NoNamespace)?;
     let key = format!("{ns}/{}", kex.name_any());
     let (deployed, standing) = deploy(&kex, ctx, &ns).await;
+    let service_pending = matches!(&deployed, Ok(d) if d.service_pending);
     let (deployment, problem) = match &deployed {
-        Ok(d) => (Some(d.clone()), None),
+        Ok(d) => (Some(d.deployment.clone()), None),
         // The counts still come from the Deployment as it stands, so that the scale
         // subresource (and any autoscaler) keeps seeing the real replicas while we are degraded.
         Err(stop) => (standing, Some(stop.problem())),
@@ -209,6 +238,7 @@ async fn reconcile_once(kex: Arc<KinesisExporter>, ctx: &Context) -> Result<Acti
         problem.as_ref(),
         pods.as_ref(),
         ctx.caches.delivery.get(&kex).as_ref(),
+        service_pending,
         k8s_openapi::jiff::Timestamp::now(),
     );
     if kex.status.as_ref() != Some(&new_status) {
@@ -229,11 +259,13 @@ async fn reconcile_once(kex: Arc<KinesisExporter>, ctx: &Context) -> Result<Acti
         publish_transitions(&kex, &new_status, ctx).await;
     }
     match deployed {
-        Ok(_) => {
+        Ok(Deployed { unseen, .. }) => {
             ctx.failures.lock().unwrap().remove(&key);
             ctx.metrics.reconciled("ok");
-            // While pods are coming up, look again soon: pod changes are not watched.
-            Ok(Action::requeue(if waiting_for_pods {
+            // While pods are coming up, look again soon: pod changes are not watched. A child
+            // not seen yet comes back by its watch event, or here if it never does (a failed
+            // background create, a delete just after the create).
+            Ok(Action::requeue(if waiting_for_pods || unseen {
                 WAITING_FOR_PODS_RECHECK
             } else {
                 RESYNC

@@ -109,6 +109,7 @@ pub fn compute(
     problem: Option<&Problem>,
     pods: Option<&Problem>,
     delivery: Option<&Delivery>,
+    service_pending: bool,
     now: Timestamp,
 ) -> KinesisExporterStatus {
     let desired = kex.spec.replicas();
@@ -129,7 +130,9 @@ pub fn compute(
         0
     };
     let rolled_out = generation_seen && updated == desired && total == desired;
-    let ready = problem.is_none() && rolled_out && ready_current >= desired;
+    let pods_ready = problem.is_none() && rolled_out && ready_current >= desired;
+    // Ready means reachable: clients find the exporter through its Service.
+    let ready = pods_ready && !service_pending;
 
     let stuck = status.conditions.iter().flatten().find(|c| {
         (c.type_ == "Progressing" && c.status == "False")
@@ -183,6 +186,13 @@ pub fn compute(
                 true,
                 "PodsAvailable",
                 format!("all {desired} pods available with the current configuration"),
+            )
+        } else if pods_ready {
+            condition(
+                READY,
+                false,
+                "ServicePending",
+                "all pods available; waiting for the Service to be created".into(),
             )
         } else {
             condition(
@@ -298,6 +308,25 @@ mod tests {
     }
 
     #[test]
+    fn not_ready_until_the_service_exists() {
+        let s = compute(
+            &kex(2),
+            Some(&deployment(3, 3, 2, 2, 2)),
+            None,
+            None,
+            None,
+            true,
+            Timestamp::UNIX_EPOCH,
+        );
+        let ready = get(&s, READY);
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "ServicePending")
+        );
+        assert_eq!(get(&s, DEGRADED).status, "False");
+    }
+
+    #[test]
     fn ready_when_every_pod_runs_the_current_configuration() {
         let s = compute(
             &kex(2),
@@ -305,6 +334,7 @@ mod tests {
             None,
             None,
             None,
+            false,
             Timestamp::UNIX_EPOCH,
         );
         assert_eq!(get(&s, READY).status, "True");
@@ -328,6 +358,7 @@ mod tests {
             None,
             None,
             None,
+            false,
             Timestamp::UNIX_EPOCH,
         );
         assert_eq!(s.ready.as_deref(), Some("0/2"));
@@ -345,6 +376,7 @@ mod tests {
             None,
             None,
             None,
+            false,
             Timestamp::UNIX_EPOCH,
         );
         assert_eq!(
@@ -365,6 +397,7 @@ mod tests {
             Some(&Problem::failed("deployments.apps is forbidden")),
             None,
             None,
+            false,
             Timestamp::UNIX_EPOCH,
         );
         let d = get(&s, DEGRADED);
@@ -389,6 +422,7 @@ mod tests {
             None,
             None,
             None,
+            false,
             Timestamp::UNIX_EPOCH,
         );
         let d = get(&s, DEGRADED);
@@ -410,16 +444,33 @@ mod tests {
             None,
             None,
             None,
+            false,
             t0,
         ));
-        let same = compute(&k, Some(&deployment(1, 1, 1, 1, 1)), None, None, None, t1);
+        let same = compute(
+            &k,
+            Some(&deployment(1, 1, 1, 1, 1)),
+            None,
+            None,
+            None,
+            false,
+            t1,
+        );
         assert_eq!(get(&same, READY).last_transition_time, Time(t0));
         assert_eq!(
             same,
             *k.status.as_ref().unwrap(),
             "an unchanged world gives an identical status"
         );
-        let changed = compute(&k, Some(&deployment(1, 1, 1, 1, 0)), None, None, None, t1);
+        let changed = compute(
+            &k,
+            Some(&deployment(1, 1, 1, 1, 0)),
+            None,
+            None,
+            None,
+            false,
+            t1,
+        );
         assert_eq!(get(&changed, READY).last_transition_time, Time(t1));
         assert_eq!(condition_status(Some(&changed), READY), Some("False"));
     }
@@ -441,16 +492,24 @@ mod tests {
             }),
         };
         let mut k = kex(1);
-        k.status = Some(compute(&k, Some(&ready), None, None, Some(&denied), t0));
+        k.status = Some(compute(
+            &k,
+            Some(&ready),
+            None,
+            None,
+            Some(&denied),
+            false,
+            t0,
+        ));
         assert_eq!(
             get(k.status.as_ref().unwrap(), DELIVERING).reason,
             "AccessDenied"
         );
         // A new leader has no report yet: the status keeps what the last probe found.
-        let kept = compute(&k, Some(&ready), None, None, None, t1);
+        let kept = compute(&k, Some(&ready), None, None, None, false, t1);
         assert_eq!(kept, *k.status.as_ref().unwrap(), "nothing to write");
         // A resource never probed says so.
-        let fresh = compute(&kex(1), Some(&ready), None, None, None, t0);
+        let fresh = compute(&kex(1), Some(&ready), None, None, None, false, t0);
         assert_eq!(get(&fresh, DELIVERING).status, "Unknown");
         assert_eq!(get(&fresh, DELIVERING).reason, "NoReport");
         // A new verdict moves the transition time.
@@ -462,7 +521,7 @@ mod tests {
             },
             status: None,
         };
-        let now = compute(&k, Some(&ready), None, None, Some(&ok), t1);
+        let now = compute(&k, Some(&ready), None, None, Some(&ok), false, t1);
         assert_eq!(get(&now, DELIVERING).last_transition_time, Time(t1));
         assert!(ok.verdict.is_shown_by(get(&now, DELIVERING)));
         assert!(!denied.verdict.is_shown_by(get(&now, DELIVERING)));
@@ -503,6 +562,7 @@ mod tests {
             None,
             Some(&trouble),
             None,
+            false,
             Timestamp::UNIX_EPOCH,
         );
         let d = get(&s, DEGRADED);

@@ -48,6 +48,31 @@ def jwt_claims(token: str) -> dict:
     return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
 
 
+class Audit:
+    """The requests of ``username`` in the API server's audit log (controlplane.sh logs those of
+    the kex-system ServiceAccounts), read incrementally: each read returns what came since."""
+
+    def __init__(self, path: Path, username: str):
+        self.path = path
+        self.username = username
+        self.offset = 0
+
+    def read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        events = []
+        for line in data[:end].splitlines():
+            event = json.loads(line)
+            if event.get("user", {}).get("username") == self.username:
+                events.append(event)
+        return events
+
+
 class Cluster(NamedTuple):
     dir: Path
     kubeconfig: Path

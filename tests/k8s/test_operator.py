@@ -26,6 +26,7 @@ import yaml
 
 from .k8s_helpers import (
     GROUP_VERSION,
+    Audit,
     Cluster,
     apply,
     conditions,
@@ -387,6 +388,33 @@ def test_invalid_resources_are_rejected_with_the_rule(
 
 
 # --------------------------------------------------------------------------- 5. self-healing + GC
+
+
+def test_a_new_resource_costs_one_write_per_child_and_one_read(
+        k8s_cluster: Cluster, operator: RunningOperator, ns_a: str) -> None:
+    """Each child is created by one create-only apply. The one read is of the Service's name,
+    checked before the Deployment while the Service itself is created in the background; any
+    other read follows a create that found the name taken (a 409), which for a fresh name
+    happens only when the watch cache lags behind the operator's own create."""
+    name = "one-write-each"
+    audit = Audit(k8s_cluster.dir / "logs" / "audit.log", operator.username)
+    audit.read()
+    apply(k8s_cluster, kex_manifest(ns_a, name, "one-write-stream", replicas=2))
+    wait_ready(k8s_cluster, ns_a, name, generation=1)
+    # Ready means reachable: the Service exists by then.
+    made = {kind: f"{resource}s" for resource, kind in CHILDREN if kind in children(k8s_cluster, ns_a, name)}
+    assert len(made) == len(CHILDREN), f"children made: {sorted(made)}"
+    requests = [e for e in audit.read()
+                if e["objectRef"].get("namespace") == ns_a and e["objectRef"].get("name") == name
+                and e["objectRef"].get("resource") in made.values()]
+    seen = sorted((e["verb"], e["objectRef"]["resource"], e["responseStatus"]["code"]) for e in requests)
+    created = sorted(("patch", resource, 201) for resource in made.values())
+    assert [r for r in seen if r[2] == 201] == created, seen
+    assert not [r for r in seen if r[0] == "patch" and r[2] == 200], f"a child was applied twice: {seen}"
+    assert ("get", "services", 404) in seen, f"the Service's name was not checked: {seen}"
+    taken = [r for r in seen if r[2] == 409]
+    reads = [r for r in seen if r[0] == "get"]
+    assert len(reads) <= 1 + len(taken), f"children read without a reason: {seen}"
 
 
 def test_deleted_children_are_restored(k8s_cluster: Cluster, operator: RunningOperator, ns_a: str) -> None:
