@@ -450,36 +450,37 @@ pub async fn apply(
     existing: Existing,
 ) -> Result<Outcome, Error> {
     let client = &ctx.client;
-    let unseen = (existing.service_account.is_none() && resources::service_account(kex).is_some())
+    let account = resources::service_account(kex);
+    let budget = resources::pod_disruption_budget(kex);
+    let unseen = (existing.service_account.is_none() && account.is_some())
         || existing.config_map.is_none()
         || existing.deployment.is_none()
         || existing.service.is_none()
-        || (existing.budget.is_none() && resources::pod_disruption_budget(kex).is_some());
-    let account = async {
-        let api: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-        let cached = existing.service_account.as_ref();
-        match resources::service_account(kex) {
-            Some(sa) => Ok(ensure(&api, &sa, cached, kex, ctx).await?.taken()),
-            None => remove_if_owned(&api, cached, kex, ctx).await.map(|()| None),
-        }
-    };
-    let config_map = async {
-        let api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-        let desired = resources::config_map(kex);
-        let cached = existing.config_map.as_ref();
-        Ok(ensure(&api, &desired, cached, kex, ctx).await?.taken())
-    };
+        || (existing.budget.is_none() && budget.is_some());
+    let account = ensure_or_remove(
+        Api::namespaced(client.clone(), ns),
+        account,
+        existing.service_account.as_ref(),
+        kex,
+        ctx,
+    );
+    let config_map = ensure_or_remove(
+        Api::namespaced(client.clone(), ns),
+        Some(resources::config_map(kex)),
+        existing.config_map.as_ref(),
+        kex,
+        ctx,
+    );
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     let service = resources::service(kex);
     let service_step = service_step(&services, &service, existing.service.as_ref(), kex, ctx);
-    let budget = async {
-        let api: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), ns);
-        let cached = existing.budget.as_ref();
-        match resources::pod_disruption_budget(kex) {
-            Some(pdb) => Ok(ensure(&api, &pdb, cached, kex, ctx).await?.taken()),
-            None => remove_if_owned(&api, cached, kex, ctx).await.map(|()| None),
-        }
-    };
+    let budget = ensure_or_remove(
+        Api::namespaced(client.clone(), ns),
+        budget,
+        existing.budget.as_ref(),
+        kex,
+        ctx,
+    );
     // Sent together: a new resource waits one round trip for these, not four.
     let (account, config_map, service_step, budget) =
         futures::try_join!(account, config_map, service_step, budget)?;
@@ -520,6 +521,24 @@ pub async fn apply(
         service_pending,
         unseen,
     })
+}
+
+/// Applies `desired` where the spec asks for that child, else removes the child if it is ours.
+/// Some(why) when the name is held by an object this resource does not control.
+async fn ensure_or_remove<K>(
+    api: Api<K>,
+    desired: Option<K>,
+    cached: Option<&ObjectMeta>,
+    kex: &KinesisExporter,
+    ctx: &Context,
+) -> Result<Option<String>, Error>
+where
+    K: Resource<DynamicType = ()> + Serialize + Clone + std::fmt::Debug + DeserializeOwned,
+{
+    match desired {
+        Some(desired) => Ok(ensure(&api, &desired, cached, kex, ctx).await?.taken()),
+        None => remove_if_owned(&api, cached, kex, ctx).await.map(|()| None),
+    }
 }
 
 /// What to do about the Service once every other name is known to be ours.
