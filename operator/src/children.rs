@@ -151,14 +151,6 @@ fn read_failed(kind: &str, name: &str) -> impl FnOnce(kube::Error) -> Error {
     }
 }
 
-/// The Deployment `ns/name` as the API server has it now.
-async fn get_deployment(ctx: &Context, ns: &str, name: &str) -> Result<Option<Deployment>, Error> {
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    api.get_opt(name)
-        .await
-        .map_err(read_failed("Deployment", name))
-}
-
 /// Where `desired` is recorded in [`Applied`], and the digest of the object sent.
 fn record_key<K: Resource<DynamicType = ()> + Serialize>(desired: &K) -> (String, String) {
     let meta = desired.meta();
@@ -431,6 +423,10 @@ pub enum Outcome {
     /// Every child applied, or (the Service) being created; the Deployment as it stands.
     Deployed {
         deployment: Box<Deployment>,
+        /// The cache still shows the Deployment from before the operator's last apply (or not
+        /// at all): its status describes the previous template. The watch event of that apply
+        /// is on its way.
+        behind: bool,
         /// The Service is still being created.
         service_pending: bool,
         /// A child the spec asks for is not in the watch caches yet: look again soon.
@@ -506,18 +502,14 @@ pub async fn apply(
     let desired = resources::deployment(kex, &ctx.defaults);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let cached = existing.deployment.as_ref().map(|d| &d.metadata);
-    let deployment = match ensure(&deployments, &desired, cached, kex, ctx).await? {
-        Ensured::Applied(applied) | Ensured::Current(applied) => applied,
-        // The cached Deployment predates the last apply: its status describes the previous
-        // template, so read the current one.
-        Ensured::Unchanged { stale: true } => get_deployment(ctx, ns, &desired.name_any())
-            .await?
-            .unwrap_or(desired),
-        Ensured::Unchanged { stale: false } => existing.deployment.unwrap_or(desired),
+    let (deployment, behind) = match ensure(&deployments, &desired, cached, kex, ctx).await? {
+        Ensured::Applied(applied) | Ensured::Current(applied) => (applied, false),
+        Ensured::Unchanged { stale } => (existing.deployment.unwrap_or(desired), stale),
         Ensured::Taken(why) => return Ok(Outcome::Taken(vec![why])),
     };
     Ok(Outcome::Deployed {
         deployment: Box::new(deployment),
+        behind,
         service_pending,
         unseen,
     })

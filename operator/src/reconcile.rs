@@ -148,6 +148,8 @@ impl Stop {
 /// What `deploy` achieved.
 struct Deployed {
     deployment: Deployment,
+    /// The cache is behind the last apply of the Deployment.
+    behind: bool,
     /// The Service is still being created.
     service_pending: bool,
     /// A child is not in the watch caches yet.
@@ -181,11 +183,13 @@ async fn deploy(
     match children::apply(kex, ctx, ns, existing).await {
         Ok(children::Outcome::Deployed {
             deployment,
+            behind,
             service_pending,
             unseen,
         }) => (
             Ok(Deployed {
                 deployment: *deployment,
+                behind,
                 service_pending,
                 unseen,
             }),
@@ -215,6 +219,14 @@ async fn reconcile_once(kex: Arc<KinesisExporter>, ctx: &Arc<Context>) -> Result
     let ns = kex.namespace().ok_or(Error::NoNamespace)?;
     let key = format!("{ns}/{}", kex.name_any());
     let (deployed, standing) = deploy(&kex, ctx, &ns).await;
+    // The cached Deployment predates the operator's own last apply, so its status describes
+    // the previous template. The status waits for that apply's watch event, which brings the
+    // resource back (and, were it lost, the recheck below).
+    if matches!(&deployed, Ok(d) if d.behind) {
+        ctx.failures.lock().unwrap().remove(&key);
+        ctx.metrics.reconciled("ok");
+        return Ok(Action::requeue(WAITING_FOR_PODS_RECHECK));
+    }
     let service_pending = matches!(&deployed, Ok(d) if d.service_pending);
     let (deployment, problem) = match &deployed {
         Ok(d) => (Some(d.deployment.clone()), None),
