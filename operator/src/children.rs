@@ -258,12 +258,7 @@ where
             return Ok(Ensured::Unchanged { stale: true });
         }
         None => match create(api, desired, ctx).await? {
-            Some(created) => {
-                let after = resources::fingerprint(created.meta());
-                ctx.applied.record(key, digest, after, None);
-                ctx.metrics.applied(kind, "created");
-                return Ok(Ensured::Applied(created));
-            }
+            Some(created) => return Ok(Ensured::Applied(created)),
             // Taken: by another workload, or by our own object the cache does not show yet.
             None => {
                 let current = api
@@ -313,7 +308,8 @@ where
     Ok(Ensured::Applied(applied))
 }
 
-/// Creates `desired` by a create-only apply; None when an object of that name exists.
+/// Creates `desired` by a create-only apply, and records it as applied; None when an object of
+/// that name exists.
 async fn create<K>(api: &Api<K>, desired: &K, ctx: &Context) -> Result<Option<K>, Error>
 where
     K: Resource<DynamicType = ()> + Serialize + Clone + std::fmt::Debug + DeserializeOwned,
@@ -324,7 +320,13 @@ where
     create_only.meta_mut().resource_version = Some(CREATE_ONLY.into());
     let params = PatchParams::apply(FIELD_MANAGER).force();
     match api.patch(&name, &params, &Patch::Apply(&create_only)).await {
-        Ok(created) => Ok(Some(created)),
+        Ok(created) => {
+            let (key, digest) = record_key(desired);
+            let after = resources::fingerprint(created.meta());
+            ctx.applied.record(key, digest, after, None);
+            ctx.metrics.applied(kind_of::<K>(), "created");
+            Ok(Some(created))
+        }
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(None),
         Err(source) => Err(apply_failed::<K>(&name)(source)),
     }
@@ -418,20 +420,23 @@ async fn restore_service_ports(
     Ok(())
 }
 
+/// Every child applied, or (the Service) being created.
+pub struct Deployed {
+    /// The Deployment as it stands.
+    pub deployment: Deployment,
+    /// The cache still shows the Deployment from before the operator's last apply (or not at
+    /// all): its status describes the previous template. The watch event of that apply is on
+    /// its way.
+    pub behind: bool,
+    /// The Service is still being created.
+    pub service_pending: bool,
+    /// A child the spec asks for is not in the watch caches yet: look again soon.
+    pub unseen: bool,
+}
+
 /// What applying the children came to.
 pub enum Outcome {
-    /// Every child applied, or (the Service) being created; the Deployment as it stands.
-    Deployed {
-        deployment: Box<Deployment>,
-        /// The cache still shows the Deployment from before the operator's last apply (or not
-        /// at all): its status describes the previous template. The watch event of that apply
-        /// is on its way.
-        behind: bool,
-        /// The Service is still being created.
-        service_pending: bool,
-        /// A child the spec asks for is not in the watch caches yet: look again soon.
-        unseen: bool,
-    },
+    Deployed(Box<Deployed>),
     /// Names the caches did not hold turned out to be held by other objects, each with why:
     /// nothing of those names was touched, and no Deployment was created.
     Taken(Vec<String>),
@@ -507,12 +512,12 @@ pub async fn apply(
         Ensured::Unchanged { stale } => (existing.deployment.unwrap_or(desired), stale),
         Ensured::Taken(why) => return Ok(Outcome::Taken(vec![why])),
     };
-    Ok(Outcome::Deployed {
-        deployment: Box::new(deployment),
+    Ok(Outcome::Deployed(Box::new(Deployed {
+        deployment,
         behind,
         service_pending,
         unseen,
-    })
+    })))
 }
 
 /// Applies `desired` where the spec asks for that child, else removes the child if it is ours.
@@ -625,20 +630,16 @@ impl Creating {
 /// under load a new Service takes seconds, and the Deployment need not wait for it. Its watch
 /// event brings the resource back; after a failure, the next reconcile tries again.
 fn create_service(api: Api<Service>, desired: Service, ctx: Arc<Context>) {
-    let (key, digest) = record_key(&desired);
+    let (key, _) = record_key(&desired);
     if !ctx.creating.keys.lock().unwrap().insert(key.clone()) {
         return;
     }
     tokio::spawn(async move {
         let permit = ctx.creating.in_flight.acquire().await;
         match create(&api, &desired, &ctx).await {
-            Ok(Some(created)) => {
-                let after = resources::fingerprint(created.meta());
-                ctx.applied.record(key.clone(), digest, after, None);
-                ctx.metrics.applied(kind_of::<Service>(), "created");
-            }
-            // Created meanwhile by someone: the next reconcile reads it.
-            Ok(None) => {}
+            // Created (and recorded); or created meanwhile by someone, which the next
+            // reconcile reads.
+            Ok(_) => {}
             Err(error) => {
                 ctx.metrics.failed(error.kind());
                 tracing::warn!(service = %key, %error, "cannot create the Service; the next reconcile tries again");

@@ -16,7 +16,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 
-use crate::children;
+use crate::children::{self, Deployed};
 use crate::crd::KinesisExporter;
 use crate::resources::{self, Defaults};
 use crate::status::{self, DEGRADED, Problem, READY};
@@ -145,17 +145,6 @@ impl Stop {
 
 /// Checks the policy and the children's names, then applies every child. Beside the outcome,
 /// the Deployment as it stands when nothing could be applied (it is read only when ours).
-/// What `deploy` achieved.
-struct Deployed {
-    deployment: Deployment,
-    /// The cache is behind the last apply of the Deployment.
-    behind: bool,
-    /// The Service is still being created.
-    service_pending: bool,
-    /// A child is not in the watch caches yet.
-    unseen: bool,
-}
-
 async fn deploy(
     kex: &KinesisExporter,
     ctx: &Arc<Context>,
@@ -181,20 +170,7 @@ async fn deploy(
         return (Err(name_taken(&taken_by)), ours);
     }
     match children::apply(kex, ctx, ns, existing).await {
-        Ok(children::Outcome::Deployed {
-            deployment,
-            behind,
-            service_pending,
-            unseen,
-        }) => (
-            Ok(Deployed {
-                deployment: *deployment,
-                behind,
-                service_pending,
-                unseen,
-            }),
-            None,
-        ),
+        Ok(children::Outcome::Deployed(deployed)) => (Ok(*deployed), None),
         Ok(children::Outcome::Taken(taken_by)) => (Err(name_taken(&taken_by)), ours),
         Err(e) => (Err(Stop::Failed(e)), ours),
     }
