@@ -430,6 +430,8 @@ pub struct Deployed {
     pub behind: bool,
     /// The Service is still being created.
     pub service_pending: bool,
+    /// Why the last attempt to create the Service failed, if it did (it is being tried again).
+    pub service_failure: Option<String>,
     /// A child the spec asks for is not in the watch caches yet: look again soon.
     pub unseen: bool,
 }
@@ -504,6 +506,9 @@ pub async fn apply(
         ServiceStep::UnderWay => true,
         ServiceStep::Done | ServiceStep::Taken(_) => false,
     };
+    let service_failure = ctx
+        .creating
+        .failure(&record_key(&resources::service(kex)).0);
     let desired = resources::deployment(kex, &ctx.defaults);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let cached = existing.deployment.as_ref().map(|d| &d.metadata);
@@ -516,6 +521,7 @@ pub async fn apply(
         deployment,
         behind,
         service_pending,
+        service_failure,
         unseen,
     })))
 }
@@ -605,6 +611,8 @@ async fn service_step(
 pub struct Creating {
     keys: Mutex<HashSet<String>>,
     in_flight: tokio::sync::Semaphore,
+    /// Why the last create of a key failed, until one succeeds.
+    failures: Mutex<HashMap<String, String>>,
 }
 
 /// Background creates in flight at once.
@@ -615,6 +623,7 @@ impl Default for Creating {
         Creating {
             keys: Mutex::default(),
             in_flight: tokio::sync::Semaphore::new(CREATES_IN_FLIGHT),
+            failures: Mutex::default(),
         }
     }
 }
@@ -622,6 +631,10 @@ impl Default for Creating {
 impl Creating {
     fn contains(&self, key: &str) -> bool {
         self.keys.lock().unwrap().contains(key)
+    }
+
+    fn failure(&self, key: &str) -> Option<String> {
+        self.failures.lock().unwrap().get(key).cloned()
     }
 }
 
@@ -639,8 +652,15 @@ fn create_service(api: Api<Service>, desired: Service, ctx: Arc<Context>) {
         match create(&api, &desired, &ctx).await {
             // Created (and recorded); or created meanwhile by someone, which the next
             // reconcile reads.
-            Ok(_) => {}
+            Ok(_) => {
+                ctx.creating.failures.lock().unwrap().remove(&key);
+            }
             Err(error) => {
+                ctx.creating
+                    .failures
+                    .lock()
+                    .unwrap()
+                    .insert(key.clone(), error.to_string());
                 ctx.metrics.failed(error.kind());
                 tracing::warn!(service = %key, %error, "cannot create the Service; the next reconcile tries again");
             }

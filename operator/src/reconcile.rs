@@ -204,6 +204,13 @@ async fn reconcile_once(kex: Arc<KinesisExporter>, ctx: &Arc<Context>) -> Result
         return Ok(Action::requeue(WAITING_FOR_PODS_RECHECK));
     }
     let service_pending = matches!(&deployed, Ok(d) if d.service_pending);
+    let service_trouble = match &deployed {
+        Ok(Deployed {
+            service_failure: Some(why),
+            ..
+        }) => Some(Problem::service_not_created(why.clone())),
+        _ => None,
+    };
     let (deployment, problem) = match &deployed {
         Ok(d) => (Some(d.deployment.clone()), None),
         // The counts still come from the Deployment as it stands, so that the scale
@@ -224,7 +231,7 @@ async fn reconcile_once(kex: Arc<KinesisExporter>, ctx: &Arc<Context>) -> Result
         &kex,
         deployment.as_ref(),
         problem.as_ref(),
-        pods.as_ref(),
+        pods.as_ref().or(service_trouble.as_ref()),
         ctx.caches.delivery.get(&kex).as_ref(),
         service_pending,
         k8s_openapi::jiff::Timestamp::now(),

@@ -46,6 +46,14 @@ impl Problem {
             message: message.into(),
         }
     }
+
+    /// The last attempt to create the Service failed; the operator keeps trying.
+    pub fn service_not_created(message: impl Into<String>) -> Self {
+        Problem {
+            reason: "ServiceNotCreated",
+            message: message.into(),
+        }
+    }
 }
 
 /// Container waiting reasons that mean the pod will not start without a change.
@@ -100,7 +108,8 @@ pub fn pod_trouble(pods: &[Pod]) -> Option<Problem> {
 }
 
 /// The status for `kex` given its Deployment as it stands (None when there is none), the
-/// problem that stopped the reconcile, if any, what is wrong with its pods, if anything, and
+/// problem that stopped the reconcile, if any, what else is wrong (its pods, the creation of its
+/// Service), if anything, whether its Service is still being created, and
 /// what its pods report on their delivery (None: not probed yet by this replica, so the
 /// Delivering condition and status.delivery stay as the status has them).
 pub fn compute(
@@ -324,6 +333,30 @@ mod tests {
             ("False", "ServicePending")
         );
         assert_eq!(get(&s, DEGRADED).status, "False");
+    }
+
+    #[test]
+    fn a_service_that_cannot_be_created_says_why() {
+        let quota = Problem::service_not_created("services \"x\" is forbidden: exceeded quota");
+        let s = compute(
+            &kex(2),
+            Some(&deployment(3, 3, 2, 2, 2)),
+            None,
+            Some(&quota),
+            None,
+            true,
+            Timestamp::UNIX_EPOCH,
+        );
+        let (ready, degraded) = (get(&s, READY), get(&s, DEGRADED));
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "ServicePending")
+        );
+        assert_eq!(
+            (degraded.status.as_str(), degraded.reason.as_str()),
+            ("True", "ServiceNotCreated")
+        );
+        assert!(degraded.message.contains("exceeded quota"));
     }
 
     #[test]

@@ -454,6 +454,34 @@ def test_unschedulable_pods_are_reported_at_once(k8s_cluster: Cluster, operator:
     k8s_cluster.kubectl("-n", ns_a, "delete", "kinesisexporter", name)
 
 
+def test_a_refused_service_is_reported_and_retried(
+        k8s_cluster: Cluster, operator: RunningOperator, make_namespace) -> None:
+    """Ready means reachable: with its pods available but its Service refused, a resource is
+    not Ready and says why; the Service is created once the API server lets it."""
+    ns = make_namespace("kex-no-services")
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-services", "namespace": ns},
+             "spec": {"hard": {"services": "0"}}}
+    k8s_cluster.kubectl("apply", "-f", "-", input=json.dumps(quota))
+    poll("the quota's status", lambda: k8s_cluster.get_json("-n", ns, "resourcequota", "no-services")
+         .get("status", {}).get("hard"), timeout=30, interval=0.2)
+    name = "quota"
+    apply(k8s_cluster, kex_manifest(ns, name, "quota-stream"))
+
+    def degraded():
+        cond = conditions(get_kex(k8s_cluster, ns, name)).get("Degraded", {})
+        return cond if cond.get("status") == "True" else None
+    cond = poll(f"{name} Degraded", degraded, timeout=45, interval=0.25)
+    assert cond["reason"] == "ServiceNotCreated" and "exceeded quota" in cond["message"], cond
+    poll(f"{name} Ready=False ServicePending with its pods available",
+         lambda: (lambda r: (r.get("status"), r.get("reason")) == ("False", "ServicePending"))(
+             conditions(get_kex(k8s_cluster, ns, name)).get("Ready", {})), timeout=45, interval=0.25)
+
+    k8s_cluster.kubectl("-n", ns, "delete", "resourcequota", "no-services", "--wait=true")
+    kex = wait_ready(k8s_cluster, ns, name, generation=1)
+    assert conditions(kex)["Degraded"]["status"] == "False", kex["status"]
+    assert k8s_cluster.kubectl("-n", ns, "get", "service", name, "-o", "name").stdout.strip() == f"service/{name}"
+
+
 def test_a_removed_owner_reference_is_restored_at_once(
         k8s_cluster: Cluster, operator: RunningOperator, ns_a: str) -> None:
     """Removing the owner reference (which would orphan the child from garbage collection) is
@@ -680,6 +708,8 @@ def test_rendered_config_runs_the_exporter_with_the_pod_identity(
 
 
 def test_operator_was_never_denied_by_the_chart_rbac(operator: RunningOperator) -> None:
-    denied = [r for r in operator.process.records() if "forbidden" in json.dumps(r).lower()]
+    # A quota's refusal (test_a_refused_service_is_reported_and_retried) is a 403 too.
+    denied = [r for r in operator.process.records()
+              if "forbidden" in json.dumps(r).lower() and "exceeded quota" not in json.dumps(r)]
     assert not denied, "the operator hit RBAC denials:\n" + "\n".join(json.dumps(r) for r in denied[:5])
     operator.process.check_running()
