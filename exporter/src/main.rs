@@ -14,32 +14,7 @@ use kinesis_exporter::server::{self, Listeners, ShutdownTimeouts};
 use kinesis_exporter::telemetry::{self, LogFormat};
 use kinesis_exporter::{aws, kpl};
 
-/// Every request is decoded, cut into per-trace records and encoded again: allocation-heavy
-/// work that glibc's allocator made a third of the CPU at full load (make bench-e2e, perf).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// Gives freed memory back to the system once a worker thread goes idle, at most once a
-/// second per thread. mimalloc purges freed pages only while the thread that freed them
-/// allocates again, so an exporter gone idle after one huge request kept its peak RSS; purging
-/// at every free instead (a purge delay of 0) cost half again the CPU per span (make
-/// bench-e2e). `tests/test_memory.py` checks that RSS comes back down.
-fn collect_freed_memory_when_idle() {
-    use std::cell::Cell;
-    use std::time::Instant;
-    thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
-    let due = LAST.with(|last| match last.get() {
-        Some(at) if at.elapsed() < Duration::from_secs(1) => false,
-        _ => {
-            last.set(Some(Instant::now()));
-            true
-        }
-    });
-    if due {
-        // SAFETY: collects this thread's heap; callable from any thread at any time.
-        unsafe { libmimalloc_sys::mi_collect(true) };
-    }
-}
+mod allocator;
 
 /// Receives OpenTelemetry data and writes it to Amazon Kinesis through a KPL-grade producer.
 #[derive(Parser)]
@@ -85,35 +60,8 @@ enum Command {
     },
 }
 
-/// No transparent huge pages for this process. mimalloc asks for them on its arenas, and each
-/// page the idle collection gave back then came back as a 2 MiB page zeroed whole on the next
-/// fault: a quarter of the CPU at 5k spans/s (perf), and twice the RSS, for no gain at full
-/// speed (make bench-e2e). mimalloc's own option is read when it starts, before main; the
-/// process flag covers the arenas it already has.
-fn no_huge_pages() {
-    #[cfg(target_os = "linux")]
-    // SAFETY: PR_SET_THP_DISABLE takes one integer argument and touches no memory of ours.
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-    }
-}
-
-/// Freed pages go back to the system 100 ms after they are freed (mimalloc's default: 10 ms,
-/// but only while the thread that freed them allocates again, so a busy worker kept them).
-/// At full speed: peak RSS 140 -> 109 MiB for 13% more CPU per span; 0 ms gave 86 MiB for 35%
-/// more (make bench-e2e, with huge pages off).
-const PURGE_DELAY_MS: std::ffi::c_long = 100;
-/// `mi_option_purge_delay` in mimalloc v2's option enum (libmimalloc-sys names no constant).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-fn purge_freed_pages_soon() {
-    // SAFETY: sets a process-wide option, read at each purge decision.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS) };
-}
-
 fn main() -> anyhow::Result<()> {
-    no_huge_pages();
-    purge_freed_pages_soon();
+    allocator::no_huge_pages();
     let cli = Cli::parse();
     telemetry::init_logging(cli.log_format);
     let config_path = cli
@@ -132,8 +80,9 @@ fn main() -> anyhow::Result<()> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .on_thread_park(collect_freed_memory_when_idle)
+        .on_thread_park(allocator::collect_freed_memory_when_idle)
         .build()?;
+    runtime.spawn(allocator::match_purge_delay_to_resident_set());
     let shutdown_timeout = Duration::from_secs(cli.shutdown_timeout);
     let drain_timeout = Duration::from_secs(cli.drain_timeout);
     match cli.command {

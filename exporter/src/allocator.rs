@@ -1,0 +1,129 @@
+//! The memory allocator and how it gives memory back: mimalloc, no transparent huge pages,
+//! and freed memory kept for reuse while the process is small, given back sooner the larger
+//! it grows.
+
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
+/// Every request is decoded, cut into per-trace records and encoded again: allocation-heavy
+/// work that glibc's allocator made a third of the CPU at full load (make bench-e2e, perf).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// No transparent huge pages for this process. mimalloc asks for them on its arenas, and each
+/// page a collection gave back then came back as a 2 MiB page zeroed whole on the next fault:
+/// a quarter of the CPU at 5k spans/s (perf), and twice the RSS, for no gain at full speed
+/// (make bench-e2e). mimalloc's own option is read when it starts, before main; the process
+/// flag covers the arenas it already has.
+pub fn no_huge_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE takes one integer argument and touches no memory of ours.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
+/// While the resident set is below this, freed pages are kept [`PURGE_DELAY_SMALL`] before they
+/// are given back; above it, [`PURGE_DELAY_LARGE`].
+const SMALL_RESIDENT_SET: u64 = 64 << 20;
+/// Above this, freed pages are given back at once. At full speed the resident set saws between
+/// about 60 and 180 MiB as freed memory piles up between purges; giving it back at once only
+/// past this point cut the peak to about 130 MiB at no measurable cost in CPU, where doing so
+/// from 96 MiB cost a tenth more CPU per span (perf harness, full speed, 3 runs each).
+const LARGE_RESIDENT_SET: u64 = 128 << 20;
+/// At a few thousand spans a second a request's buffers are freed and needed again about every
+/// 100 ms: given back sooner, each page was faulted in and zeroed again (a fifth of the CPU at
+/// 5k spans/s, perf). A second of reuse costs at most the small resident set.
+const PURGE_DELAY_SMALL: Duration = Duration::from_millis(1000);
+/// At full speed, memory is given back 100 ms after it is freed (mimalloc's default: 10 ms, but
+/// only while the thread that freed it allocates again, so a busy worker kept it): peak RSS
+/// 140 -> 109 MiB for 13% more CPU per span; 0 ms gave 86 MiB for 35% more (make bench-e2e).
+const PURGE_DELAY_LARGE: Duration = Duration::from_millis(100);
+/// How often the resident set is looked at (a read of /proc/self/statm): at full speed it grows
+/// by about 60 MiB in half a second.
+const RESIDENT_SET_CHECK: Duration = Duration::from_millis(100);
+
+/// `mi_option_purge_delay` in mimalloc v2's option enum (libmimalloc-sys names no constant).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+fn set_purge_delay(delay: Duration) {
+    let millis = delay.as_millis() as std::ffi::c_long;
+    // SAFETY: sets a process-wide option, read at each purge decision.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, millis) };
+}
+
+/// The purge delay for a resident set of `bytes`.
+fn purge_delay_for(bytes: u64) -> Duration {
+    if bytes < SMALL_RESIDENT_SET {
+        PURGE_DELAY_SMALL
+    } else if bytes < LARGE_RESIDENT_SET {
+        PURGE_DELAY_LARGE
+    } else {
+        Duration::ZERO
+    }
+}
+
+/// The process's resident set in bytes (Linux), None where it cannot be read.
+fn resident_set() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf reads a constant of the system.
+    let page_size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page_size).ok()?)
+}
+
+/// Keeps the purge delay matched to the resident set, for as long as the runtime runs. Where
+/// the resident set cannot be read, memory is given back soon.
+pub async fn match_purge_delay_to_resident_set() {
+    let mut current = None;
+    let mut every = tokio::time::interval(RESIDENT_SET_CHECK);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let delay = resident_set().map_or(PURGE_DELAY_LARGE, purge_delay_for);
+        if current != Some(delay) {
+            set_purge_delay(delay);
+            current = Some(delay);
+        }
+    }
+}
+
+/// Gives back freed memory whose purge delay has passed once a worker thread goes idle, at most
+/// once a second per thread: mimalloc purges only while the thread that freed the memory
+/// allocates again, so an exporter gone idle after one huge request kept its peak RSS.
+/// Memory freed moments ago stays for reuse (a forced collection gave it all back, and a
+/// worker at a few thousand spans a second parks between requests: a third of its page
+/// faults). `tests/test_memory.py` checks that RSS comes back down.
+pub fn collect_freed_memory_when_idle() {
+    thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
+    let due = LAST.with(|last| match last.get() {
+        Some(at) if at.elapsed() < Duration::from_secs(1) => false,
+        _ => {
+            last.set(Some(Instant::now()));
+            true
+        }
+    });
+    if due {
+        // SAFETY: collects this thread's heap; callable from any thread at any time.
+        unsafe { libmimalloc_sys::mi_collect(false) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_small_process_keeps_freed_memory_longer() {
+        assert_eq!(purge_delay_for(20 << 20), PURGE_DELAY_SMALL);
+        assert_eq!(purge_delay_for(SMALL_RESIDENT_SET), PURGE_DELAY_LARGE);
+        assert_eq!(purge_delay_for(LARGE_RESIDENT_SET), Duration::ZERO);
+        assert!(PURGE_DELAY_SMALL > PURGE_DELAY_LARGE);
+    }
+
+    #[test]
+    fn the_resident_set_of_this_process_is_read() {
+        let bytes = resident_set().expect("/proc/self/statm");
+        assert!(bytes > 1 << 20, "{bytes} bytes resident");
+    }
+}
