@@ -151,19 +151,23 @@ fn read_failed(kind: &str, name: &str) -> impl FnOnce(kube::Error) -> Error {
     }
 }
 
-/// Where `desired` is recorded in [`Applied`], and the digest of the object sent.
-fn record_key<K: Resource<DynamicType = ()> + Serialize>(desired: &K) -> (String, String) {
+/// Where `desired` is recorded in [`Applied`] and [`Creating`]: "Kind/namespace/name".
+fn child_key<K: Resource<DynamicType = ()>>(desired: &K) -> String {
     let meta = desired.meta();
-    let key = format!(
+    format!(
         "{}/{}/{}",
         kind_of::<K>(),
         meta.namespace.as_deref().unwrap_or(""),
         meta.name.as_deref().unwrap_or("")
-    );
+    )
+}
+
+/// Where `desired` is recorded in [`Applied`], and the digest of the object sent.
+fn record_key<K: Resource<DynamicType = ()> + Serialize>(desired: &K) -> (String, String) {
     let digest = hex::encode(Sha256::digest(
         serde_json::to_vec(desired).unwrap_or_default(),
     ));
-    (key, digest)
+    (child_key(desired), digest)
 }
 
 fn cached<K>(cache: &Store<PartialObjectMeta<K>>, ns: &str, name: &str) -> Option<ObjectMeta>
@@ -498,6 +502,11 @@ pub async fn apply(
     if !taken.is_empty() {
         return Ok(Outcome::Taken(taken));
     }
+    // Why the last create failed, while a create is still wanted.
+    let service_failure = match service_step {
+        ServiceStep::Create | ServiceStep::UnderWay => ctx.creating.failure(&child_key(&service)),
+        ServiceStep::Done | ServiceStep::Taken(_) => None,
+    };
     let service_pending = match service_step {
         ServiceStep::Create => {
             create_service(services, service, ctx.clone());
@@ -506,9 +515,6 @@ pub async fn apply(
         ServiceStep::UnderWay => true,
         ServiceStep::Done | ServiceStep::Taken(_) => false,
     };
-    let service_failure = ctx
-        .creating
-        .failure(&record_key(&resources::service(kex)).0);
     let desired = resources::deployment(kex, &ctx.defaults);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let cached = existing.deployment.as_ref().map(|d| &d.metadata);
@@ -647,7 +653,7 @@ impl Creating {
 /// under load a new Service takes seconds, and the Deployment need not wait for it. Its watch
 /// event brings the resource back; after a failure, the next reconcile tries again.
 fn create_service(api: Api<Service>, desired: Service, ctx: Arc<Context>) {
-    let (key, _) = record_key(&desired);
+    let key = child_key(&desired);
     if !ctx.creating.keys.lock().unwrap().insert(key.clone()) {
         return;
     }

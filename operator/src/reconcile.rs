@@ -204,13 +204,11 @@ async fn reconcile_once(kex: Arc<KinesisExporter>, ctx: &Arc<Context>) -> Result
         return Ok(Action::requeue(WAITING_FOR_PODS_RECHECK));
     }
     let service_pending = matches!(&deployed, Ok(d) if d.service_pending);
-    let service_trouble = match &deployed {
-        Ok(Deployed {
-            service_failure: Some(why),
-            ..
-        }) => Some(Problem::service_not_created(why.clone())),
-        _ => None,
-    };
+    let service_trouble = deployed
+        .as_ref()
+        .ok()
+        .and_then(|d| d.service_failure.clone())
+        .map(Problem::service_not_created);
     let (deployment, problem) = match &deployed {
         Ok(d) => (Some(d.deployment.clone()), None),
         // The counts still come from the Deployment as it stands, so that the scale
