@@ -171,6 +171,16 @@ def is_ready(kex: dict, generation: int | None = None) -> bool:
             and all(c.get("observedGeneration") == gen for c in conds.values()))
 
 
+def degraded(cluster: Cluster, ns: str, name: str, reason: str) -> dict:
+    """Waits for Degraded=True with ``reason`` for the resource's current generation."""
+    def check():
+        kex = get_kex(cluster, ns, name)
+        cond = conditions(kex).get("Degraded", {})
+        return cond if (cond.get("status") == "True" and cond.get("reason") == reason
+                        and cond.get("observedGeneration") == kex["metadata"]["generation"]) else None
+    return poll(f"{ns}/{name} Degraded ({reason})", check, timeout=60, interval=0.25)
+
+
 def wait_ready(cluster: Cluster, ns: str, name: str, generation: int | None = None,
                timeout: float = 90) -> dict:
     return poll(f"KinesisExporter {ns}/{name} Ready (generation {generation or 'current'})",

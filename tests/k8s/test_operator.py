@@ -30,6 +30,7 @@ from .k8s_helpers import (
     Cluster,
     apply,
     conditions,
+    degraded,
     get_kex,
     helm,
     is_ready,
@@ -444,10 +445,10 @@ def test_unschedulable_pods_are_reported_at_once(k8s_cluster: Cluster, operator:
     name = "nowhere"
     apply(k8s_cluster, kex_manifest(ns_a, name, "nowhere-stream", nodeSelector={"kex.dev/no-such-node": "x"}))
 
-    def degraded():
+    def degraded_now():
         cond = conditions(get_kex(k8s_cluster, ns_a, name)).get("Degraded", {})
         return cond if cond.get("status") == "True" else None
-    cond = poll(f"{name} Degraded", degraded, timeout=45, interval=0.5)
+    cond = poll(f"{name} Degraded", degraded_now, timeout=45, interval=0.5)
     assert cond["reason"] == "PodsUnschedulable", cond
     assert "cannot be scheduled" in cond["message"] and "node" in cond["message"], cond
     assert conditions(get_kex(k8s_cluster, ns_a, name))["Ready"]["status"] == "False"
@@ -466,15 +467,14 @@ def test_a_refused_service_is_reported_and_retried(
          .get("status", {}).get("hard"), timeout=30, interval=0.2)
     name = "quota"
     apply(k8s_cluster, kex_manifest(ns, name, "quota-stream"))
+    cond = degraded(k8s_cluster, ns, name, "ServiceNotCreated")
+    assert "exceeded quota" in cond["message"], cond
 
-    def degraded():
-        cond = conditions(get_kex(k8s_cluster, ns, name)).get("Degraded", {})
-        return cond if cond.get("status") == "True" else None
-    cond = poll(f"{name} Degraded", degraded, timeout=45, interval=0.25)
-    assert cond["reason"] == "ServiceNotCreated" and "exceeded quota" in cond["message"], cond
+    def ready_reason():
+        ready = conditions(get_kex(k8s_cluster, ns, name)).get("Ready", {})
+        return (ready.get("status"), ready.get("reason"))
     poll(f"{name} Ready=False ServicePending with its pods available",
-         lambda: (lambda r: (r.get("status"), r.get("reason")) == ("False", "ServicePending"))(
-             conditions(get_kex(k8s_cluster, ns, name)).get("Ready", {})), timeout=45, interval=0.25)
+         lambda: ready_reason() == ("False", "ServicePending"), timeout=45, interval=0.25)
 
     k8s_cluster.kubectl("-n", ns, "delete", "resourcequota", "no-services", "--wait=true")
     kex = wait_ready(k8s_cluster, ns, name, generation=1)

@@ -28,6 +28,7 @@ from .k8s_helpers import (
     Cluster,
     apply,
     conditions,
+    degraded,
     get_kex,
     kex_manifest,
     poll,
@@ -106,16 +107,6 @@ def tenant(k8s_cluster: Cluster, tenant_ns: str, tmp_path_factory: pytest.TempPa
                            ("create", "serviceaccounts"), ("get", "secrets")]:
         assert user.can_i(verb, resource) == "no", f"the tenant may {verb} {resource}"
     return user
-
-
-def degraded(cluster: Cluster, ns: str, name: str, reason: str) -> dict:
-    """Waits for Degraded=True with ``reason`` for the resource's current generation."""
-    def check():
-        kex = get_kex(cluster, ns, name)
-        cond = conditions(kex).get("Degraded", {})
-        return cond if (cond.get("status") == "True" and cond.get("reason") == reason
-                        and cond.get("observedGeneration") == kex["metadata"]["generation"]) else None
-    return poll(f"{ns}/{name} Degraded ({reason})", check, timeout=60, interval=0.25)
 
 
 def existing_children(cluster: Cluster, ns: str, name: str) -> list[str]:
