@@ -139,9 +139,10 @@ pub fn compute(
         0
     };
     let rolled_out = generation_seen && updated == desired && total == desired;
-    let pods_ready = problem.is_none() && rolled_out && ready_current >= desired;
-    // Ready means reachable: clients find the exporter through its Service.
-    let ready = pods_ready && !service_pending;
+    // Ready is the pods' (DESIGN.md §4), as a Deployment's Available is. The Service is created
+    // beside them, and until it exists the resource is still Progressing: a busy API server
+    // creates Services more slowly than Deployments, and Ready should not wait on that.
+    let ready = problem.is_none() && rolled_out && ready_current >= desired;
 
     let stuck = status.conditions.iter().flatten().find(|c| {
         (c.type_ == "Progressing" && c.status == "False")
@@ -196,13 +197,6 @@ pub fn compute(
                 "PodsAvailable",
                 format!("all {desired} pods available with the current configuration"),
             )
-        } else if pods_ready {
-            condition(
-                READY,
-                false,
-                "ServicePending",
-                "all pods available; waiting for the Service to be created".into(),
-            )
         } else {
             condition(
                 READY,
@@ -219,6 +213,13 @@ pub fn compute(
                 true,
                 "RollingOut",
                 format!("rolling out the current configuration to {desired} pods"),
+            )
+        } else if service_pending && problem.is_none() {
+            condition(
+                PROGRESSING,
+                true,
+                "CreatingService",
+                "creating the Service through which clients reach the pods".into(),
             )
         } else {
             condition(PROGRESSING, false, "Idle", "no rollout under way".into())
@@ -317,7 +318,7 @@ mod tests {
     }
 
     #[test]
-    fn not_ready_until_the_service_exists() {
+    fn progressing_until_the_service_exists() {
         let s = compute(
             &kex(2),
             Some(&deployment(3, 3, 2, 2, 2)),
@@ -327,10 +328,14 @@ mod tests {
             true,
             Timestamp::UNIX_EPOCH,
         );
-        let ready = get(&s, READY);
+        let (ready, progressing) = (get(&s, READY), get(&s, PROGRESSING));
         assert_eq!(
             (ready.status.as_str(), ready.reason.as_str()),
-            ("False", "ServicePending")
+            ("True", "PodsAvailable")
+        );
+        assert_eq!(
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            ("True", "CreatingService")
         );
         assert_eq!(get(&s, DEGRADED).status, "False");
     }
@@ -347,10 +352,10 @@ mod tests {
             true,
             Timestamp::UNIX_EPOCH,
         );
-        let (ready, degraded) = (get(&s, READY), get(&s, DEGRADED));
+        let (progressing, degraded) = (get(&s, PROGRESSING), get(&s, DEGRADED));
         assert_eq!(
-            (ready.status.as_str(), ready.reason.as_str()),
-            ("False", "ServicePending")
+            (progressing.status.as_str(), progressing.reason.as_str()),
+            ("True", "CreatingService")
         );
         assert_eq!(
             (degraded.status.as_str(), degraded.reason.as_str()),

@@ -3,7 +3,8 @@
 fake nodes), every request it makes counted from the API server's audit log.
 
 Creates N KinesisExporters (default 1000) in M namespaces (default 100) as fast as kubectl
-sends them, then prints: time to all Ready and the Ready curve; when the last Deployment was
+sends them, then prints: time to all Ready and the Ready curve, and to all settled (Ready, no
+longer Progressing and not Degraded: the Services exist too); when the last Deployment was
 applied after the last create; per resource, Ready after its Deployment became available
 (p50/p99), both by the Deployment's own condition times and by when a second watch of ours
 first saw it complete; requests by verb and resource, 429 and 5xx answers; the operator's CPU seconds and
@@ -46,6 +47,7 @@ from k8s.k8s_helpers import (  # noqa: E402
     RELEASE,
     Audit,
     Cluster,
+    conditions,
     helm,
     is_ready,
     kex_manifest,
@@ -110,26 +112,30 @@ def all_kex(cluster: Cluster) -> list[dict]:
 
 
 def wait_all_ready(cluster: Cluster, count: int, generation: int, started: float, timeout: float,
-                   curve: list[tuple[float, int]]) -> float | None:
-    """Polls every second; returns seconds from ``started`` to all Ready, None on timeout."""
+                   curve: list[tuple[float, int, int]]) -> float | None:
+    """Polls every second, adding (seconds, Ready, settled) to ``curve``; returns seconds from
+    ``started`` to all settled, None on timeout."""
     deadline = time.monotonic() + timeout
     last_print = 0.0
     while time.monotonic() < deadline:
         items = all_kex(cluster)
-        ready = sum(1 for k in items if is_ready(k, generation))
+        ready = sum(1 for k in items if k["metadata"]["generation"] == generation
+                    and (k.get("status") or {}).get("observedGeneration") == generation
+                    and conditions(k).get("Ready", {}).get("status") == "True")
+        settled = sum(1 for k in items if is_ready(k, generation))
         elapsed = time.monotonic() - started
-        curve.append((elapsed, ready))
+        curve.append((elapsed, ready, settled))
         if elapsed - last_print >= 10:
-            print(f"    {elapsed:5.0f}s: {ready}/{count} Ready", flush=True)
+            print(f"    {elapsed:5.0f}s: {ready}/{count} Ready, {settled} settled", flush=True)
             last_print = elapsed
-        if ready == count:
+        if settled == count:
             return elapsed
         time.sleep(1)  # a sampling period: this is the curve's resolution, not a wait for a condition
     return None
 
 
 def sample_until_all_ready(cluster: Cluster, count: int, generation: int, started: float, timeout: float,
-                           curve: list[tuple[float, int]]):
+                           curve: list[tuple[float, int, int]]):
     """Samples the Ready curve from now on, beside whatever the caller does meanwhile (the
     creation itself); returns a function that waits for the end and gives what
     ``wait_all_ready`` gives."""
@@ -177,31 +183,43 @@ class CompletionWatch:
     operator's: when each Deployment was first seen complete for a generation (rolled out and
     available, the controller's NewReplicaSetAvailable), by this process's clock. A Deployment's
     conditions carry the time the controller computed them, and its status can reach watchers
-    seconds later while the cluster is busy; this says when the API told a client."""
+    seconds later while the cluster is busy; this says when the API told a client. A busy API
+    server may end a watch (a consumer too slow for it); kubectl then exits and is started
+    again, and its first list counts as seen then, which only makes the figure larger."""
 
     FIELDS = ('{.metadata.namespace} {.metadata.name} {.metadata.generation} {.status.observedGeneration} '
               '{.status.conditions[?(@.type=="Progressing")].reason}{"\\n"}')
 
     def __init__(self, cluster: Cluster) -> None:
         self.seen: dict[tuple[str, str, int], float] = {}
-        self.proc = subprocess.Popen(
-            [cluster.kubectl_bin, "--kubeconfig", str(cluster.kubeconfig), "get", "deployments", "-A",
-             "-l", "app.kubernetes.io/managed-by=kinesis-operator", "--watch", "--request-timeout=0",
-             "-o", f"jsonpath={self.FIELDS}"],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1)
-        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.restarts = 0
+        self.argv = [cluster.kubectl_bin, "--kubeconfig", str(cluster.kubeconfig), "get", "deployments", "-A",
+                     "-l", "app.kubernetes.io/managed-by=kinesis-operator", "--watch", "--request-timeout=0",
+                     "-o", f"jsonpath={self.FIELDS}"]
+        self.stopping = threading.Event()
+        self.proc: subprocess.Popen | None = None
+        self.thread = threading.Thread(target=self._watch, daemon=True)
         self.thread.start()
 
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            parts = line.split()
-            if len(parts) == 5 and parts[4] == "NewReplicaSetAvailable" and parts[2] == parts[3]:
-                self.seen.setdefault((parts[0], parts[1], int(parts[2])), time.time())
+    def _watch(self) -> None:
+        while not self.stopping.is_set():
+            self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                         text=True, bufsize=1)
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                parts = line.split()
+                if len(parts) == 5 and parts[4] == "NewReplicaSetAvailable" and parts[2] == parts[3]:
+                    self.seen.setdefault((parts[0], parts[1], int(parts[2])), time.time())
+            self.proc.wait()
+            if not self.stopping.is_set():
+                self.restarts += 1
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
+        self.stopping.set()
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.thread.join(timeout=10)
 
 
 def ready_after_seen_complete(cluster: Cluster, watch: CompletionWatch, generation: int) -> list[float]:
@@ -216,13 +234,11 @@ def ready_after_seen_complete(cluster: Cluster, watch: CompletionWatch, generati
     return out
 
 
-def ready_after_available(cluster: Cluster) -> tuple[list[float], list[float]]:
-    """Per resource: its Ready transition minus its Deployment's Available transition, and minus
-    the later of that and its Service's creation (Ready waits for the Service: the API server
-    allocates cluster IPs one Service at a time). 1 s resolution, the API's."""
+def ready_after_available(cluster: Cluster) -> list[float]:
+    """Per resource: its Ready transition minus when its Deployment became complete, by the
+    Deployment's own condition times. 1 s resolution, the API's."""
     deployments = managed(cluster, "deployments")
-    services = managed(cluster, "services")
-    out, out_with_service = [], []
+    out = []
     for kex in all_kex(cluster):
         key = (kex["metadata"]["namespace"], kex["metadata"]["name"])
         deploy = deployments.get(key)
@@ -237,11 +253,7 @@ def ready_after_available(cluster: Cluster) -> tuple[list[float], list[float]]:
             if (available or progressing) else None
         if complete is not None:
             out.append(max(0.0, parse_time(ready["lastTransitionTime"]) - complete))
-            service = services.get(key)
-            if service:
-                both = max(complete, parse_time(service["metadata"]["creationTimestamp"]))
-                out_with_service.append(max(0.0, parse_time(ready["lastTransitionTime"]) - both))
-    return out, out_with_service
+    return out
 
 
 def seen_line(lag: list[float]) -> str:
@@ -250,10 +262,17 @@ def seen_line(lag: list[float]) -> str:
             f"({len(lag)} seen; Ready's time rounded up to the next second)")
 
 
-def phase_table(name: str, seconds: float | None, events: list[dict], cpu: float, count: int) -> list[str]:
+def seen_line_of(cluster: Cluster, watch: CompletionWatch, generation: int) -> str:
+    return seen_line(ready_after_seen_complete(cluster, watch, generation)) + \
+        (f"; that watch ended and was started again {watch.restarts} times" if watch.restarts else "")
+
+
+def phase_table(name: str, seconds: float | None, curve: list[tuple[float, int, int]], events: list[dict],
+                cpu: float, count: int) -> list[str]:
     s = summarise(events)
-    lines = [f"{name}: all {count} Ready in {seconds:.1f}s" if seconds is not None
-             else f"{name}: NOT all Ready (timeout)",
+    all_ready = next((t for t, ready, _ in curve if ready == count), None)
+    lines = [f"{name}: all {count} Ready in {all_ready:.1f}s, settled (Services too) in {seconds:.1f}s"
+             if seconds is not None and all_ready is not None else f"{name}: NOT all settled (timeout)",
              f"  operator requests {s['total']} ({s['total'] / count:.1f} per resource), writes {s['writes']}, "
              f"429: {s['429']}, 5xx: {s['5xx']}, operator CPU {cpu:.1f}s"]
     for (verb, resource), n in sorted(s["by"].items(), key=lambda kv: -kv[1]):
@@ -324,7 +343,7 @@ def main() -> int:
         step(f"creating {args.resources} KinesisExporters in {args.namespaces} namespaces")
         cpu0 = cpu_seconds(pid)
         started = time.monotonic()
-        curve: list[tuple[float, int]] = []
+        curve: list[tuple[float, int, int]] = []
         ready_sampler = sample_until_all_ready(cluster, args.resources, 1, started, args.timeout, curve)
         apply_all(cluster, manifests)
         created = time.monotonic() - started
@@ -335,21 +354,19 @@ def main() -> int:
         events = audit.read()
         created_at = {kind: max(parse_time(o["metadata"]["creationTimestamp"]) for o in managed(cluster, kind).values())
                       for kind in ("deployments", "services")}
-        lag, lag_with_service = ready_after_available(cluster)
-        results += phase_table("create", took, events, cpu_create, args.resources)
+        lag = ready_after_available(cluster)
+        results += phase_table("create", took, curve, events, cpu_create, args.resources)
         results.append(f"  last Deployment applied {created_at['deployments'] - last_create_wall:+.1f}s after the "
                        f"last create (goal <= {GOALS['last Deployment after the last create']:.0f}s; 1 s resolution); "
                        f"last Service {created_at['services'] - last_create_wall:+.1f}s")
         results.append(f"  Ready after its Deployment became available: p50 {percentile(lag, 50):.0f}s, "
                        f"p99 {percentile(lag, 99):.0f}s, max {max(lag, default=float('nan')):.0f}s "
                        f"(goal p99 <= {GOALS['Ready after its Deployment is available, p99']:.0f}s)")
-        results.append(f"  Ready after its Deployment became available and its Service was created: "
-                       f"p50 {percentile(lag_with_service, 50):.0f}s, p99 {percentile(lag_with_service, 99):.0f}s, "
-                       f"max {max(lag_with_service, default=float('nan')):.0f}s")
-        results.append(seen_line(ready_after_seen_complete(cluster, completions, 1)))
+        results.append(seen_line_of(cluster, completions, 1))
         marks = (10, 20, 30, 45, 60, 90, 120, 180, 240, 300)
-        results.append("  Ready curve: " + ", ".join(
-            f"{t}s {max((n for s, n in curve if s <= t), default=0)}" for t in marks if curve and t <= curve[-1][0] + 10))
+        results.append("  Ready curve (Ready / settled): " + ", ".join(
+            f"{t}s {max((n for s, n, _ in curve if s <= t), default=0)} / {max((n for s, _, n in curve if s <= t), default=0)}"
+            for t in marks if curve and t <= curve[-1][0] + 10))
 
         # -- at rest
         step(f"at rest for {args.rest_seconds}s: counting the operator's writes")
@@ -370,14 +387,15 @@ def main() -> int:
             m["spec"]["kpl"] = {"flushIntervalSeconds": 2}
         cpu1 = cpu_seconds(pid)
         started = time.monotonic()
-        ready_sampler = sample_until_all_ready(cluster, args.resources, 2, started, args.timeout, [])
+        curve = []
+        ready_sampler = sample_until_all_ready(cluster, args.resources, 2, started, args.timeout, curve)
         apply_all(cluster, manifests)
         took = ready_sampler()
-        results += phase_table("update", took, audit.read(), cpu_seconds(pid) - cpu1, args.resources)
-        lag, _ = ready_after_available(cluster)
+        results += phase_table("update", took, curve, audit.read(), cpu_seconds(pid) - cpu1, args.resources)
+        lag = ready_after_available(cluster)
         results.append(f"  Ready after its Deployment became available: p50 {percentile(lag, 50):.0f}s, "
                        f"p99 {percentile(lag, 99):.0f}s")
-        results.append(seen_line(ready_after_seen_complete(cluster, completions, 2)))
+        results.append(seen_line_of(cluster, completions, 2))
         results.append(f"operator: peak RSS {peak_rss_mib(pid):.0f} MiB, CPU {cpu_seconds(pid):.1f}s in all; "
                        f"controller-manager and scheduler --kube-api-qps {CONTROLLER_QPS}, "
                        f"operator {next((a for a in chart_args if a.startswith('--concurrency')), '')} "

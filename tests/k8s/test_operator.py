@@ -402,7 +402,7 @@ def test_a_new_resource_costs_one_write_per_child_and_one_read(
     audit.read()
     apply(k8s_cluster, kex_manifest(ns_a, name, "one-write-stream", replicas=2))
     wait_ready(k8s_cluster, ns_a, name, generation=1)
-    # Ready means reachable: the Service exists by then.
+    # wait_ready also waits for Progressing=False, and that waits for the Service.
     made = {kind: f"{resource}s" for resource, kind in CHILDREN if kind in children(k8s_cluster, ns_a, name)}
     assert len(made) == len(CHILDREN), f"children made: {sorted(made)}"
     requests = [e for e in audit.read()
@@ -457,8 +457,9 @@ def test_unschedulable_pods_are_reported_at_once(k8s_cluster: Cluster, operator:
 
 def test_a_refused_service_is_reported_and_retried(
         k8s_cluster: Cluster, operator: RunningOperator, make_namespace) -> None:
-    """Ready means reachable: with its pods available but its Service refused, a resource is
-    not Ready and says why; the Service is created once the API server lets it."""
+    """With its Service refused, a resource whose pods are available is Ready (its pods are) but
+    still Progressing, and Degraded says why; the Service is created once the API server lets
+    it, and then the resource settles."""
     ns = make_namespace("kex-no-services")
     quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-services", "namespace": ns},
              "spec": {"hard": {"services": "0"}}}
@@ -470,11 +471,13 @@ def test_a_refused_service_is_reported_and_retried(
     cond = degraded(k8s_cluster, ns, name, "ServiceNotCreated")
     assert "exceeded quota" in cond["message"], cond
 
-    def ready_reason():
-        ready = conditions(get_kex(k8s_cluster, ns, name)).get("Ready", {})
-        return (ready.get("status"), ready.get("reason"))
-    poll(f"{name} Ready=False ServicePending with its pods available",
-         lambda: ready_reason() == ("False", "ServicePending"), timeout=45, interval=0.25)
+    def ready_and_progressing():
+        conds = conditions(get_kex(k8s_cluster, ns, name))
+        return [(conds.get(t, {}).get("status"), conds.get(t, {}).get("reason")) for t in ("Ready", "Progressing")]
+    poll(f"{name} Ready with its pods available, Progressing while its Service is refused",
+         lambda: ready_and_progressing() == [("True", "PodsAvailable"), ("True", "CreatingService")],
+         timeout=45, interval=0.25)
+    assert conditions(get_kex(k8s_cluster, ns, name))["Degraded"]["reason"] == "ServiceNotCreated"
 
     k8s_cluster.kubectl("-n", ns, "delete", "resourcequota", "no-services", "--wait=true")
     kex = wait_ready(k8s_cluster, ns, name, generation=1)
