@@ -14,6 +14,9 @@ of the process, from the first request until the last span is stored) per millio
 ours / theirs; response latency p50 and p99; peak RSS; spans stored / acknowledged; Kinesis
 records and bytes per million spans; the time from the last response to the last span stored.
 A run that loses or duplicates an acknowledged span is reported as a failure, not a time.
+A second table times, on our bytes per million spans, the hashing the wire formats require
+(tests/bench: hash-floor), as a share of the Collector's CPU per span: no exporter that writes
+KPL aggregates through the JSON API with SigV4 can cost less than that share.
 
     tests/.venv/bin/python tests/bench_e2e.py [--loads 5000,20000,0] [--seconds 15] [--runs 3]
 """
@@ -174,6 +177,33 @@ def run_once(contender: Contender, env: dict, standin: str, load_bin: Path, rate
     }
 
 
+def hashing_floor(binary: Path, loads: list[int], results: dict[tuple[int, str], list[dict]]) -> list[str]:
+    """What the wire formats alone cost us per span, beside the Collector's whole CPU per span:
+    the MD5 of every KPL aggregate, and the base64 and SigV4 SHA-256 of every PutRecords body
+    (the Collector's exporter does the last two for its own records; it writes no KPL
+    aggregates). Timed by hash-floor over our median bytes and records per million spans."""
+    lines = ["", "| load | hashing the formats require, CPU s per M spans: MD5 + base64 + SHA-256 | "
+             "as a share of the Collector's CPU per span |", "|---|---|---|"]
+    for rate in loads:
+        ours = [r for r in results[(rate, "kinesis-exporter")] if r["lost"] == 0]
+        theirs = [r for r in results[(rate, "otelcol")] if r["lost"] == 0]
+        if not ours or not theirs:
+            continue
+        out = subprocess.run(
+            [str(binary),
+             "--bytes-per-million", str(int(statistics.median(r["mib_per_million"] for r in ours) * 2**20)),
+             "--records-per-million", str(int(statistics.median(r["records_per_million"] for r in ours)))],
+            capture_output=True, text=True, check=True, timeout=300)
+        floor = json.loads(out.stdout)
+        collector = statistics.median(r["cpu_per_million"] for r in theirs)
+        label = f"{rate // 1000}k spans/s" if rate else "full speed"
+        lines.append(f"| {label} | {floor['total_seconds']:.2f} = {floor['md5_seconds']:.2f} + "
+                     f"{floor['base64_seconds']:.2f} + {floor['sha256_seconds']:.2f} "
+                     f"({floor['record_bytes'] / 1024:.0f} KiB records) | "
+                     f"{floor['total_seconds'] / collector:.2f} |")
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--loads", default="5000,20000,0", help="spans per second, comma-separated; 0 = full speed")
@@ -265,6 +295,7 @@ service:
                 f"| {label}{speed} | {name} | {d['cpu_per_million']:.2f}{ratio} | {d['p50_ms']:.1f} / {d['p99_ms']:.1f} | "
                 f"{d['rss_mib']:.0f} | {d['stored']} / {d['acknowledged']} | {d['records_per_million']:.0f} | "
                 f"{d['mib_per_million']:.0f} | {d['tail_ms']:.0f} | {d['failed']} |")
+    lines += hashing_floor(release / "hash-floor", loads, results)
     table = "\n".join(lines)
     print()
     print(table)

@@ -1,5 +1,7 @@
 //! Packs Kinesis records into PutRecords requests within the record-count and byte limits.
+//! A batch leaves sealed: the checksums of its aggregates are computed together on the way out.
 
+use super::aggregator::seal;
 use super::record::KinesisRecord;
 
 /// One PutRecords request's worth of records.
@@ -38,18 +40,24 @@ impl Batcher {
         let size = record.billed_size();
         debug_assert!(size <= self.max_bytes);
         if !self.current.records.is_empty() && self.current.bytes + size > self.max_bytes {
-            ready.push(std::mem::take(&mut self.current));
+            ready.push(self.take_current());
         }
         self.current.bytes += size;
         self.current.records.push(record);
         if self.current.records.len() >= self.max_records {
-            ready.push(std::mem::take(&mut self.current));
+            ready.push(self.take_current());
         }
     }
 
     /// The partly filled batch, if any.
     pub fn take(&mut self) -> Option<Batch> {
-        (!self.current.records.is_empty()).then(|| std::mem::take(&mut self.current))
+        (!self.current.records.is_empty()).then(|| self.take_current())
+    }
+
+    fn take_current(&mut self) -> Batch {
+        let mut batch = std::mem::take(&mut self.current);
+        seal(&mut batch.records);
+        batch
     }
 
     pub fn is_empty(&self) -> bool {

@@ -459,7 +459,7 @@ impl Pipeline {
                 full
             }
         };
-        if let Some(finished) = full.finish() {
+        if let Some(finished) = full.finish_unsealed() {
             self.emit_aggregate(&key, finished).await;
         }
     }
@@ -630,7 +630,7 @@ impl Pipeline {
     /// Closes every open aggregate and hands it to the batcher.
     async fn finish_aggregates(&mut self) {
         for (key, aggregator) in std::mem::take(&mut self.aggregators) {
-            if let Some(record) = aggregator.finish() {
+            if let Some(record) = aggregator.finish_unsealed() {
                 self.emit_aggregate(&key, record).await;
             }
         }

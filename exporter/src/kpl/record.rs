@@ -125,6 +125,9 @@ pub struct KinesisRecord {
     /// Sent again after Kinesis throttled it: counted against the producer's room for
     /// throttled records until its send settles.
     pub after_throttle: bool,
+    /// An aggregate whose MD5 checksum is not yet at the end of `data`: it is appended when
+    /// its batch leaves the batcher, many aggregates hashed at once ([`super::aggregator::seal`]).
+    pub digest_pending: bool,
 }
 
 impl KinesisRecord {
@@ -137,12 +140,18 @@ impl KinesisRecord {
             user_records: vec![record],
             predicted_shard: None,
             after_throttle: false,
+            digest_pending: false,
         }
     }
 
     /// Bytes Kinesis counts against its record and request limits: data plus partition key.
     pub fn billed_size(&self) -> usize {
-        self.data.len() + self.partition_key.len()
+        let digest = if self.digest_pending {
+            super::aggregator::DIGEST_LEN
+        } else {
+            0
+        };
+        self.data.len() + digest + self.partition_key.len()
     }
 
     /// Where Kinesis routes this record (see [`UserRecord::hash_key`]).

@@ -202,3 +202,80 @@ proptest! {
         prop_assert_eq!(got, expected);
     }
 }
+
+/// A few user records of `lens` bytes, each byte derived from its position and `seed`.
+fn records_of(seed: u8, lens: &[usize]) -> Vec<UserRecord> {
+    lens.iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            let data: Vec<u8> = (0..len)
+                .map(|j| (j as u8).wrapping_mul(31).wrapping_add(seed ^ i as u8))
+                .collect();
+            record(&format!("k{}", i % 3), None, &data)
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Sealing a batch together gives each aggregate the MD5 that md-5 computes for it alone,
+    /// whatever the number of aggregates (SIMD lanes filled or not) and their lengths (every
+    /// padding case of the last 64-byte block); raw records in the batch are left as they are,
+    /// and the billed size is the same before and after.
+    #[test]
+    fn a_sealed_batch_carries_each_aggregates_own_md5(
+        batch in proptest::collection::vec(
+            (any::<u8>(), proptest::collection::vec(prop_oneof![0usize..200, 200usize..5_000], 1..6)),
+            1..40,
+        ),
+    ) {
+        let mut records: Vec<KinesisRecord> = batch
+            .iter()
+            .map(|(seed, lens)| {
+                let mut agg = Aggregator::new(limits(100, MIB), None);
+                for r in records_of(*seed, lens) {
+                    agg.try_add(r).unwrap();
+                }
+                agg.finish_unsealed().unwrap()
+            })
+            .collect();
+        let unsealed: Vec<(bool, Bytes, usize)> = records
+            .iter()
+            .map(|r| (r.digest_pending, r.data.clone(), r.billed_size()))
+            .collect();
+        seal(&mut records);
+        for (record, (pending, before, billed)) in records.iter().zip(unsealed) {
+            prop_assert!(!record.digest_pending);
+            prop_assert_eq!(record.billed_size(), billed);
+            if pending {
+                prop_assert_eq!(&record.data[..before.len()], &before[..]);
+                let digest = Md5::digest(&before[MAGIC.len()..]);
+                prop_assert_eq!(&record.data[before.len()..], digest.as_slice());
+                prop_assert!(deaggregate(&record.data).is_ok());
+            } else {
+                prop_assert_eq!(&record.data, &before);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_batcher_hands_out_sealed_batches() {
+    use crate::kpl::batcher::Batcher;
+    let mut batcher = Batcher::new(3, MIB);
+    let mut ready = Vec::new();
+    for seed in 0..4u8 {
+        let mut agg = Aggregator::new(limits(100, MIB), None);
+        for r in records_of(seed, &[10, 70, 130]) {
+            agg.try_add(r).unwrap();
+        }
+        batcher.push(agg.finish_unsealed().unwrap(), &mut ready);
+    }
+    let rest = batcher.take().unwrap();
+    assert_eq!((ready.len(), rest.records.len()), (1, 1));
+    for record in ready.iter().flat_map(|b| &b.records).chain(&rest.records) {
+        assert!(!record.digest_pending);
+        assert_eq!(deaggregate(&record.data).unwrap().len(), 3);
+    }
+}
