@@ -3,18 +3,19 @@
 use aws_config::SdkConfig;
 use aws_sdk_kinesis::Client;
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
-use aws_sdk_kinesis::primitives::Blob;
-use aws_sdk_kinesis::types::PutRecordsRequestEntry;
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
+use aws_smithy_types::body::SdkBody;
 use futures::future::BoxFuture;
 use std::time::Duration;
 
+use super::put_records_body::put_records_body;
 use crate::kpl::client::{EntryResult, KinesisApi, RequestError};
 use crate::kpl::record::KinesisRecord;
 use crate::kpl::shard_map::Shard;
 
 /// Kinesis through the official SDK. The SDK's own retries are off for PutRecords: the
-/// producer retries, per entry, and counts every attempt.
+/// producer retries, per entry, and counts every attempt. The PutRecords body is ours
+/// ([`put_records_body`]), put in place of the SDK's before it is signed.
 pub struct SdkKinesis {
     client: Client,
 }
@@ -45,22 +46,20 @@ impl KinesisApi for SdkKinesis {
         records: &'a [KinesisRecord],
     ) -> BoxFuture<'a, Result<Vec<EntryResult>, RequestError>> {
         Box::pin(async move {
-            let entries = records
-                .iter()
-                .map(|r| {
-                    PutRecordsRequestEntry::builder()
-                        .data(Blob::new(r.data.to_vec()))
-                        .partition_key(r.partition_key.clone())
-                        .set_explicit_hash_key(r.explicit_hash_key.map(|h| h.to_string()))
-                        .build()
-                        .expect("data and partition key are set")
-                })
-                .collect();
+            let body = put_records_body(stream, records);
             let output = self
                 .client
                 .put_records()
                 .stream_name(stream)
-                .set_records(Some(entries))
+                // The SDK serializes an empty list, and the body is replaced before signing.
+                .set_records(Some(Vec::new()))
+                .customize()
+                .mutate_request(move |request| {
+                    request
+                        .headers_mut()
+                        .insert("content-length", body.len().to_string());
+                    *request.body_mut() = SdkBody::from(body.clone());
+                })
                 .send()
                 .await
                 .map_err(classify)?;

@@ -1,6 +1,7 @@
 //! AWS wiring: region, endpoint and credentials (SDK default chain, optionally one AssumeRole).
 
 mod kinesis;
+mod put_records_body;
 
 pub use kinesis::SdkKinesis;
 
