@@ -27,7 +27,7 @@ pub fn producer_config(stream_name: &str, kpl: &KplConfig) -> ProducerConfig {
         records_per_request: (kpl.batch_count as usize).min(limits::MAX_RECORDS_PER_REQUEST),
         request_max_bytes: kpl.batch_size as usize,
         backlog: kpl.backlog_count as usize,
-        flush_interval: kpl.flush_interval(),
+        linger: kpl.linger(),
         max_connections: kpl.max_connections as usize,
         max_retries: kpl.max_retries as u32,
         base_backoff: Duration::from_millis(100),
@@ -359,11 +359,7 @@ mod tests {
             "the seed's 1000, split at 500"
         );
         assert_eq!(producer.aggregate_max_bytes, 51_200);
-        assert_eq!(
-            producer.flush_interval,
-            Duration::from_millis(100),
-            "the linger"
-        );
+        assert_eq!(producer.linger, Duration::from_millis(100), "the linger");
         kpl.batch_count = 200;
         kpl.max_retries = 3;
         let producer = producer_config("s", &kpl);

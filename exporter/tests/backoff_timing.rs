@@ -147,3 +147,42 @@ async fn a_partial_batch_is_sent_after_the_linger() {
     );
     producer.shutdown(Duration::from_secs(10)).await;
 }
+
+/// The linger runs from the first record buffered, not on a clock of its own: a record put
+/// 60 ms after it rides in the same request, sent exactly the linger after the first.
+#[tokio::test(start_paused = true)]
+async fn the_linger_runs_from_the_first_buffered_record() {
+    let client = Arc::new(Throttled {
+        failures: 0,
+        code: "",
+        calls: Mutex::default(),
+    });
+    let config = kinesis_exporter::server::producer_config("stream", &KplConfig::default());
+    let linger = config.linger;
+    let producer = Producer::start(config, client.clone(), Arc::new(ProducerMetrics::default()));
+    // Past start-up (the shard map), at a time no multiple of the linger after it.
+    tokio::time::sleep(Duration::from_millis(1030)).await;
+    let first_at = Instant::now();
+    let handle = producer.handle();
+    handle
+        .put(UserRecord::new("a", b"x".to_vec()))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    handle
+        .put(UserRecord::new("b", b"y".to_vec()))
+        .await
+        .unwrap();
+    while client.calls.lock().unwrap().is_empty() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    tokio::time::sleep(linger * 3).await;
+    let calls = client.calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "both records in one request");
+    assert_eq!(
+        calls[0] - first_at,
+        linger,
+        "sent the linger after the first record"
+    );
+    producer.shutdown(Duration::from_secs(10)).await;
+}

@@ -766,7 +766,7 @@ async fn a_throttled_shard_holds_no_connection_and_spends_no_retry_while_the_oth
         kpl.max_retries = 0;
         kpl.batch_count = 10;
     });
-    config.flush_interval = Duration::from_millis(10);
+    config.linger = Duration::from_millis(10);
     let (producer, handle, metrics) = start(&standin, config).await;
     let hot: Vec<_> = keys_in_half(false, 20)
         .into_iter()
@@ -812,7 +812,7 @@ async fn records_held_by_a_throttled_shard_push_back_on_callers() {
         kpl.backlog_count = 5;
         kpl.max_retries = 0;
     });
-    config.flush_interval = Duration::from_millis(10);
+    config.linger = Duration::from_millis(10);
     let (producer, handle, metrics) = start(&standin, config).await;
     let hot = keys_in_half(false, 100);
     let mut accepted = Vec::new();
@@ -856,7 +856,7 @@ async fn shutdown_does_not_wait_out_a_long_backoff() {
     })
     .await;
     let mut config = producer_config(unaggregated);
-    config.flush_interval = Duration::from_millis(10);
+    config.linger = Duration::from_millis(10);
     // Backoffs far longer than the shutdown deadline below.
     config.base_backoff = Duration::from_secs(60);
     config.max_backoff = Duration::from_secs(120);

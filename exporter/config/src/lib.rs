@@ -292,9 +292,9 @@ pub struct KplConfig {
 }
 
 impl KplConfig {
-    /// How often partial aggregates and batches are sent: the linger, bounded by the seed's
-    /// flush interval.
-    pub fn flush_interval(&self) -> Duration {
+    /// Longest a record waits in a partial aggregate or batch: the linger, bounded by the
+    /// seed's flush interval.
+    pub fn linger(&self) -> Duration {
         Duration::from_millis(self.linger_ms).min(Duration::from_secs(self.flush_interval_seconds))
     }
     pub fn max_backoff(&self) -> Duration {

@@ -14,6 +14,10 @@ use tokio::time::Instant;
 /// given back yet. 32 leaves a margin; typical spans of a few hundred bytes cost far less.
 pub const BYTES_HELD_PER_REQUEST_BYTE: u64 = 32;
 
+/// Notified as each request is admitted: what watches the process's memory sleeps until the
+/// next request once one has gone by without any (a permit stored meanwhile wakes it at once).
+pub static REQUEST_ADMITTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// Counted in KiB, so that a `u32` of semaphore permits covers any limit the table allows.
 const UNIT: u64 = 1024;
 
@@ -58,6 +62,7 @@ impl MemoryBudget {
         request_bytes: usize,
         deadline: Instant,
     ) -> Result<MemoryPermit, Refusal> {
+        REQUEST_ADMITTED.notify_one();
         let cost = Self::cost(request_bytes);
         if cost > self.limit_units {
             return Err(Refusal::LargerThanLimit {

@@ -32,7 +32,9 @@ pub struct ProducerConfig {
     pub records_per_request: usize,
     pub request_max_bytes: usize,
     pub backlog: usize,
-    pub flush_interval: Duration,
+    /// Longest a record waits in a partial aggregate or batch: the first record buffered
+    /// after a flush sets when the next flush is (the KPL's RecordMaxBufferedTime).
+    pub linger: Duration,
     pub max_connections: usize,
     pub max_retries: u32,
     pub base_backoff: Duration,
@@ -305,6 +307,8 @@ struct Pipeline {
     throttled_in_flight: usize,
     batcher: Batcher,
     ready: Vec<Batch>,
+    /// When what is buffered must be sent; None while nothing is, so an idle producer sleeps.
+    linger_deadline: Option<tokio::time::Instant>,
     connections: Arc<Semaphore>,
     jobs: JoinSet<SendOutcome>,
     /// Tells send jobs backing off that the producer is shutting down.
@@ -348,6 +352,7 @@ impl Pipeline {
             misplaced: Vec::new(),
             aggregators: FxHashMap::default(),
             ready: Vec::new(),
+            linger_deadline: None,
             jobs: JoinSet::new(),
             stopping,
         }
@@ -359,9 +364,6 @@ impl Pipeline {
         if self.refresher.feed.changed().await.is_ok() {
             self.map_read().await;
         }
-        let mut ticker = tokio::time::interval(self.config.flush_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticker.tick().await;
         loop {
             // While a backlog's worth of throttled records waits, no more are taken: callers
             // wait for room and are then told to retry later, rather than being acknowledged
@@ -377,7 +379,7 @@ impl Pipeline {
                     }
                     None => break,
                 },
-                _ = ticker.tick() => self.flush().await,
+                _ = Self::until(self.linger_deadline) => self.flush().await,
                 Some(done) = self.jobs.join_next() => self.settle(done).await,
                 Ok(()) = self.refresher.feed.changed() => self.map_read().await,
                 _ = Self::until(self.throttled.next_due()) => self.release_throttled().await,
@@ -443,6 +445,8 @@ impl Pipeline {
             .aggregators
             .entry(key.clone())
             .or_insert_with(|| Aggregator::new(limits, routing));
+        self.linger_deadline
+            .get_or_insert_with(|| tokio::time::Instant::now() + self.config.linger);
         let full = match aggregator.try_add(record) {
             // Full by count: nothing more can join, so it need not wait for the next record.
             Ok(()) if aggregator.len() as u64 >= limits.max_count => {
@@ -475,6 +479,8 @@ impl Pipeline {
 
     /// Hands a finished Kinesis record to the batcher and sends the batches it fills.
     async fn emit(&mut self, record: KinesisRecord) {
+        self.linger_deadline
+            .get_or_insert_with(|| tokio::time::Instant::now() + self.config.linger);
         self.batcher.push(record, &mut self.ready);
         self.dispatch_ready().await;
     }
@@ -500,6 +506,8 @@ impl Pipeline {
         if let Some(batch) = self.batcher.take() {
             self.ready.push(batch);
         }
+        // Nothing is buffered now (no record is added while the batches wait for connections).
+        self.linger_deadline = None;
         self.dispatch_ready().await;
     }
 
