@@ -93,11 +93,15 @@ impl ResidentSet {
 
 /// Keeps the purge delay matched to the resident set, for as long as the runtime runs. Where
 /// the resident set cannot be read, memory is given back soon. Looks every
-/// [`RESIDENT_SET_CHECK`] while OTLP requests come, and not at all between them: ten wake-ups a
-/// second of an idle exporter were a third of what it cost at rest (perf).
+/// [`RESIDENT_SET_CHECK`] while OTLP requests come, the resident set moves (one large request
+/// is seconds of work) or it is large (the wake-ups let idle workers collect what they freed).
+/// Once it is small and still and no request comes, nothing runs until the next one: ten
+/// wake-ups a second of an idle exporter were a third of what it cost at rest (perf).
 pub async fn match_purge_delay_to_resident_set() {
+    use futures::FutureExt;
     let resident_set = ResidentSet::open();
     let mut current = None;
+    let mut last_look = None;
     loop {
         let bytes = resident_set.as_ref().and_then(ResidentSet::bytes);
         let delay = bytes.map_or(PURGE_DELAY_LARGE, purge_delay_for);
@@ -105,10 +109,18 @@ pub async fn match_purge_delay_to_resident_set() {
             set_purge_delay(delay);
             current = Some(delay);
         }
-        REQUEST_ADMITTED.notified().await;
+        // A permit stored since the last look means requests came.
+        let requests_came = REQUEST_ADMITTED.notified().now_or_never().is_some();
+        let still = bytes.is_some() && bytes == std::mem::replace(&mut last_look, bytes);
+        if !requests_came && still && bytes.is_some_and(|b| b < SMALL_RESIDENT_SET) {
+            REQUEST_ADMITTED.notified().await;
+        }
         tokio::time::sleep(RESIDENT_SET_CHECK).await;
     }
 }
+
+/// A worker thread's freed memory is collected at most this often.
+const COLLECTION_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Gives back freed memory whose purge delay has passed once a worker thread goes idle, at most
 /// once a second per thread: mimalloc purges only while the thread that freed the memory
@@ -119,7 +131,7 @@ pub async fn match_purge_delay_to_resident_set() {
 pub fn collect_freed_memory_when_idle() {
     thread_local!(static LAST: Cell<Option<Instant>> = const { Cell::new(None) });
     let due = LAST.with(|last| match last.get() {
-        Some(at) if at.elapsed() < Duration::from_secs(1) => false,
+        Some(at) if at.elapsed() < COLLECTION_INTERVAL => false,
         _ => {
             last.set(Some(Instant::now()));
             true
