@@ -54,22 +54,21 @@ class CpuClock:
     (nanoseconds) where this machine has one; else utime + stime from /proc, counted in ticks of
     10 ms: a run at 5k spans/s takes about fifteen, too coarse for a ratio."""
 
-    V1, V2 = Path("/sys/fs/cgroup/cpuacct"), Path("/sys/fs/cgroup")
+    # Each cgroup version's hierarchy, by the file that holds a group's CPU time.
+    HIERARCHIES = ((Path("/sys/fs/cgroup/cpuacct"), "cpuacct.usage"), (Path("/sys/fs/cgroup"), "cpu.stat"))
 
     def __init__(self, pid: int, name: str):
-        self.pid, self.group = pid, None
-        for root in (self.V1, self.V2):
-            if not (root / "cgroup.procs").exists() or (root == self.V2 and not (root / "cgroup.controllers").exists()):
+        self.pid, self.usage = pid, None
+        for root, usage in self.HIERARCHIES:
+            if not (root / usage).exists():
                 continue
             group = root / f"kex-bench-{name}-{pid}"
             try:
                 group.mkdir()
                 (group / "cgroup.procs").write_text(str(pid))
-                self.group = group
-                self.read()
+                self.usage = group / usage
                 return
             except OSError:
-                self.group = None
                 try:
                     group.rmdir()
                 except OSError:
@@ -77,22 +76,21 @@ class CpuClock:
 
     @property
     def source(self) -> str:
-        return f"cgroup {self.group}" if self.group else "utime + stime (10 ms ticks)"
+        return "cgroup" if self.usage else "utime + stime (10 ms ticks)"
 
     def read(self) -> float:
-        if self.group is None:
+        if self.usage is None:
             fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
             return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
-        if (self.group / "cpuacct.usage").exists():
-            return int((self.group / "cpuacct.usage").read_text()) / 1e9
-        usage = re.search(r"^usage_usec (\d+)", (self.group / "cpu.stat").read_text(), re.M)
-        return int(usage.group(1)) / 1e6
+        if self.usage.name == "cpuacct.usage":
+            return int(self.usage.read_text()) / 1e9  # nanoseconds
+        return int(re.search(r"^usage_usec (\d+)", self.usage.read_text(), re.M).group(1)) / 1e6
 
     def close(self) -> None:
         """Removes the cgroup (once the process has exited)."""
-        if self.group is not None:
+        if self.usage is not None:
             try:
-                self.group.rmdir()
+                self.usage.parent.rmdir()
             except OSError:
                 pass
 
@@ -312,7 +310,7 @@ service:
     lines = [
         f"`make bench-e2e`: {args.runs} interleaved runs of {args.seconds} s per load, medians; "
         f"512 spans per request, {args.in_flight} in flight; ours / Collector in brackets; "
-        f"CPU time from {cpu_source.split(' /')[0]}.",
+        f"CPU time from {cpu_source}.",
         "",
         "| load | exporter | CPU s per M spans | p50 / p99 latency ms | peak RSS MiB | stored / acknowledged | "
         "records per M spans | MiB per M spans | last response to last stored, ms | failed runs |",

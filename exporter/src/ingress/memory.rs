@@ -15,7 +15,8 @@ use tokio::time::Instant;
 pub const BYTES_HELD_PER_REQUEST_BYTE: u64 = 32;
 
 /// Notified as each request is admitted: what watches the process's memory sleeps until the
-/// next request once one has gone by without any (a permit stored meanwhile wakes it at once).
+/// next request once the process is small and still (a permit stored meanwhile wakes it at
+/// once).
 pub static REQUEST_ADMITTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Counted in KiB, so that a `u32` of semaphore permits covers any limit the table allows.

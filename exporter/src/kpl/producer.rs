@@ -441,12 +441,11 @@ impl Pipeline {
             ),
         };
         let limits = self.limits;
+        self.start_linger();
         let aggregator = self
             .aggregators
             .entry(key.clone())
             .or_insert_with(|| Aggregator::new(limits, routing));
-        self.linger_deadline
-            .get_or_insert_with(|| tokio::time::Instant::now() + self.config.linger);
         let full = match aggregator.try_add(record) {
             // Full by count: nothing more can join, so it need not wait for the next record.
             Ok(()) if aggregator.len() as u64 >= limits.max_count => {
@@ -477,10 +476,15 @@ impl Pipeline {
         self.emit(record).await;
     }
 
-    /// Hands a finished Kinesis record to the batcher and sends the batches it fills.
-    async fn emit(&mut self, record: KinesisRecord) {
+    /// A record is about to be buffered: if nothing was, the linger starts now.
+    fn start_linger(&mut self) {
         self.linger_deadline
             .get_or_insert_with(|| tokio::time::Instant::now() + self.config.linger);
+    }
+
+    /// Hands a finished Kinesis record to the batcher and sends the batches it fills.
+    async fn emit(&mut self, record: KinesisRecord) {
+        self.start_linger();
         self.batcher.push(record, &mut self.ready);
         self.dispatch_ready().await;
     }
