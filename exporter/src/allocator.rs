@@ -28,7 +28,7 @@ pub fn no_huge_pages() {
 /// While the resident set is below this, freed pages are kept [`PURGE_DELAY_SMALL`] before they
 /// are given back; above it, [`PURGE_DELAY_LARGE`].
 const SMALL_RESIDENT_SET: u64 = 64 << 20;
-/// Above this, freed pages are given back at once. At full speed the resident set saws between
+/// Above this, freed pages are given back almost at once. At full speed the resident set saws between
 /// about 60 and 180 MiB as freed memory piles up between purges; giving it back at once only
 /// past this point cut the peak to about 130 MiB at no measurable cost in CPU, where doing so
 /// from 96 MiB cost a tenth more CPU per span (perf harness, full speed, 3 runs each).
@@ -41,6 +41,11 @@ const PURGE_DELAY_SMALL: Duration = Duration::from_millis(1000);
 /// only while the thread that freed it allocates again, so a busy worker kept it): peak RSS
 /// 140 -> 109 MiB for 13% more CPU per span; 0 ms gave 86 MiB for 35% more (make bench-e2e).
 const PURGE_DELAY_LARGE: Duration = Duration::from_millis(100);
+/// Past [`LARGE_RESIDENT_SET`]: the shortest delay, not none. With a delay of 0 mimalloc purges
+/// what is freed from then on, but stops purging what it had scheduled while the delay was
+/// longer, so a resident set above the threshold after one large request stayed there for good
+/// (134-240 MiB, minutes after the request; mimalloc v3 `mi_arenas_try_purge`).
+const PURGE_DELAY_LARGEST: Duration = Duration::from_millis(1);
 /// How often the resident set is looked at (a read of /proc/self/statm) while the exporter is
 /// busy: at full speed it grows by about 60 MiB in half a second.
 const RESIDENT_SET_CHECK: Duration = Duration::from_millis(100);
@@ -61,7 +66,7 @@ fn purge_delay_for(bytes: u64) -> Duration {
     } else if bytes < LARGE_RESIDENT_SET {
         PURGE_DELAY_LARGE
     } else {
-        Duration::ZERO
+        PURGE_DELAY_LARGEST
     }
 }
 
@@ -151,7 +156,11 @@ mod tests {
     fn a_small_process_keeps_freed_memory_longer() {
         assert_eq!(purge_delay_for(20 << 20), PURGE_DELAY_SMALL);
         assert_eq!(purge_delay_for(SMALL_RESIDENT_SET), PURGE_DELAY_LARGE);
-        assert_eq!(purge_delay_for(LARGE_RESIDENT_SET), Duration::ZERO);
+        assert_eq!(purge_delay_for(LARGE_RESIDENT_SET), PURGE_DELAY_LARGEST);
+        assert!(
+            !PURGE_DELAY_LARGEST.is_zero(),
+            "0 would strand what was scheduled"
+        );
         assert!(PURGE_DELAY_SMALL > PURGE_DELAY_LARGE);
     }
 
