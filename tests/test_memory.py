@@ -62,6 +62,37 @@ def test_the_600k_span_request_stays_within_the_bound_and_memory_comes_back(kine
              "RSS back within 64 MiB of idle", interval=0.2)
 
 
+def test_the_exporter_keeps_answering_while_a_large_request_is_cut_up(kinesalite, exporter_process):
+    """A 19.8 MB request is over a second of work. With one worker thread (the default), that
+    thread is handed to the other tasks for it: /metrics and /healthz answer while the request
+    is admitted and not yet queued. Before, nothing answered until it was done: a liveness
+    probe's timeout is one second."""
+    body = one_span_traces(600_000)
+    proc, _ = start(kinesalite, exporter_process, limit_mib=640, kpl={"backlog_count": 1_000_000})
+    assert "worker_threads" not in proc.config_path.read_text(), "the default is what is tested"
+    answers: list = []
+
+    def send():
+        answers.append(requests.post(proc.http_url("/v1/traces"), data=body,
+                                     headers={"Content-Type": "application/x-protobuf"}, timeout=300))
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    in_use = lambda: proc.metrics().value("kinesis_exporter_otlp_request_memory_bytes") or 0
+    # Seen only while the request is admitted and its records not yet queued.
+    wait_for(lambda: in_use() > 0 or answers, 60, "the request admitted")
+    health_checks = 0
+    while in_use() > 0 and health_checks < 5:
+        assert requests.get(proc.telemetry_url("/healthz"), timeout=1).status_code == 200
+        health_checks += 1
+    under_way = in_use() > 0
+    sender.join(timeout=300)
+    assert answers and answers[0].status_code == 200, answers
+    assert health_checks == 5 and under_way, \
+        f"{health_checks} health checks answered while the request was under way"
+    wait_for(lambda: proc.status()["records_delivered"] == 600_000, 120, "600k records stored")
+
+
 def test_concurrent_large_grpc_messages_wait_for_room_instead_of_adding_up(kinesalite, exporter_process):
     """Four 4 MiB messages at once, 133 MiB each as counted, against a 140 MiB budget: they are
     decoded one at a time (all succeed, waiting for room). What they hold alive stays within the

@@ -79,6 +79,7 @@ fn main() -> anyhow::Result<()> {
         tracing::warn!("{warning}");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.service.worker_threads as usize)
         .enable_all()
         .on_thread_park(allocator::collect_freed_memory_when_idle)
         .build()?;

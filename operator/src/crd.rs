@@ -74,6 +74,7 @@ pub struct KinesisExporterSpec {
     pub image_pull_policy: Option<ImagePullPolicy>,
     /// CPU and memory for the exporter container. A memory limit also sizes the exporter's
     /// memory for requests being decoded (receivers.otlp.request_memory_limit_mib): half of it.
+    /// A CPU limit sets its worker threads (service.worker_threads), rounded up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Node labels the pods must match.

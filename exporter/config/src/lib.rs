@@ -60,6 +60,8 @@ pub struct Service {
     /// Pipelines by Collector-style id (`traces`, `logs/audit`, ...).
     pub pipelines: BTreeMap<String, Pipeline>,
     pub telemetry: ServiceTelemetry,
+    /// Ours: the async runtime's worker threads.
+    pub worker_threads: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

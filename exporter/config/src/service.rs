@@ -40,9 +40,15 @@ pub(super) fn walk_service(
         .unwrap_or_else(|| super::text_default(Group::Service, "telemetry.metrics.address"));
     metrics.finish(errors);
     telemetry.finish(errors);
+    let worker_threads = section.integer(
+        "worker_threads",
+        settings::setting(Group::Service, "worker_threads"),
+        errors,
+    );
     section.finish(errors);
     Service {
         pipelines,
+        worker_threads,
         telemetry: ServiceTelemetry {
             metrics: MetricsTelemetry { address },
         },

@@ -73,7 +73,7 @@ async fn unary<S: OtlpSignal>(State(state): State<GrpcState>, request: Request) 
                 Ok(permit) => permit,
                 Err(e) => return Err(refused(signal, &ingress, e)),
             };
-            let decoded = S::decode(message);
+            let decoded = memory.run(|| S::decode(message));
             let request = match decoded {
                 Ok(request) => request,
                 Err(e) => {

@@ -99,7 +99,7 @@ async fn handle<S: OtlpSignal>(
         Ok(permit) => permit,
         Err(e) => return refused(signal, ingress, format, e),
     };
-    let request: S::Request = match decode::<S>(format, body) {
+    let request: S::Request = match memory.run(|| decode::<S>(format, body)) {
         Ok(request) => request,
         Err(message) => {
             ingress.metrics.request(signal, "http", "bad_request");

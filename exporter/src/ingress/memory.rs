@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -31,22 +32,58 @@ pub enum Refusal {
     LargerThanLimit { cost_mib: u64, limit_mib: u64 },
 }
 
+/// Requests at least this large (decompressed) are decoded and cut into records with the
+/// worker thread handed over to the other requests meanwhile ([`MemoryPermit::run`]): a 1 MiB
+/// request is milliseconds of work; the largest allowed, seconds.
+const LARGE_REQUEST_BYTES: usize = 1 << 20;
+
 /// Room held for one request; dropping it gives the room back.
 #[derive(Debug)]
-pub struct MemoryPermit(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct MemoryPermit {
+    _room: OwnedSemaphorePermit,
+    request_bytes: usize,
+    counted_bytes: i64,
+    in_use: Gauge,
+}
+
+impl Drop for MemoryPermit {
+    fn drop(&mut self) {
+        self.in_use.dec_by(self.counted_bytes);
+    }
+}
+
+impl MemoryPermit {
+    /// Runs `work`, CPU-bound work on this permit's request (decoding it, cutting it into
+    /// records). On a large request, the worker thread's other tasks move to another thread
+    /// first: with one worker (`service.worker_threads`), the health checks, the other requests
+    /// and the producer would otherwise wait until the large request is cut up.
+    pub fn run<T>(&self, work: impl FnOnce() -> T) -> T {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let on_workers = Handle::try_current()
+            .is_ok_and(|runtime| runtime.runtime_flavor() == RuntimeFlavor::MultiThread);
+        if self.request_bytes >= LARGE_REQUEST_BYTES && on_workers {
+            tokio::task::block_in_place(work)
+        } else {
+            work()
+        }
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct MemoryBudget {
     permits: Arc<Semaphore>,
     limit_units: u64,
+    /// Bytes the admitted requests are counted at, for `/metrics`.
+    in_use: Gauge,
 }
 
 impl MemoryBudget {
-    pub fn new(limit_mib: u64) -> Self {
+    pub fn new(limit_mib: u64, in_use: Gauge) -> Self {
         let limit_units = limit_mib * 1024 * 1024 / UNIT;
         MemoryBudget {
             permits: Arc::new(Semaphore::new(limit_units as usize)),
             limit_units,
+            in_use,
         }
     }
 
@@ -73,7 +110,16 @@ impl MemoryBudget {
         }
         let acquire = self.permits.clone().acquire_many_owned(cost as u32);
         match tokio::time::timeout_at(deadline, acquire).await {
-            Ok(Ok(permit)) => Ok(MemoryPermit(permit)),
+            Ok(Ok(room)) => {
+                let counted_bytes = (cost * UNIT) as i64;
+                self.in_use.inc_by(counted_bytes);
+                Ok(MemoryPermit {
+                    _room: room,
+                    request_bytes,
+                    counted_bytes,
+                    in_use: self.in_use.clone(),
+                })
+            }
             Ok(Err(_)) | Err(_) => Err(Refusal::Full),
         }
     }
@@ -91,14 +137,16 @@ mod tests {
 
     #[tokio::test]
     async fn requests_wait_for_room_and_give_it_back() {
-        let budget = MemoryBudget::new(32);
+        let budget = MemoryBudget::new(32, Gauge::default());
         let soon = || Instant::now() + Duration::from_millis(20);
         // 32 MiB of budget: a 1 MiB request is counted at 32 MiB.
         let first = budget.admit(1024 * 1024, soon()).await.unwrap();
         assert_eq!(budget.available_bytes(), 0);
+        assert_eq!(budget.in_use.get(), 32 * 1024 * 1024);
         assert_eq!(budget.admit(1, soon()).await.unwrap_err(), Refusal::Full);
         drop(first);
         assert_eq!(budget.available_bytes(), 32 * 1024 * 1024);
+        assert_eq!(budget.in_use.get(), 0);
         let _small = budget.admit(1, soon()).await.unwrap();
         assert_eq!(budget.available_bytes(), 32 * 1024 * 1024 - 1024);
     }
@@ -122,7 +170,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_request_larger_than_the_whole_budget_is_refused_at_once() {
-        let budget = MemoryBudget::new(16);
+        let budget = MemoryBudget::new(16, Gauge::default());
         let refusal = budget
             .admit(2 * 1024 * 1024, Instant::now() + Duration::from_secs(3600))
             .await

@@ -13,6 +13,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use crate::config::{Delivery, Signal};
@@ -97,12 +98,14 @@ pub struct OutcomeLabels {
 /// The outcomes a routed request is counted under (`not_routed` is for the others).
 pub const REQUEST_OUTCOMES: &[&str] = &["ok", "bad_request", "too_large", "unavailable"];
 
-/// Ingress metrics: items received and requests by outcome.
+/// Ingress metrics: items received, requests by outcome, memory of requests under way.
 #[derive(Default, Clone)]
 pub struct IngressMetrics {
     pub items_received: Family<SignalLabels, Counter>,
     pub items_rejected: Family<SignalLabels, Counter>,
     pub requests: Family<OutcomeLabels, Counter>,
+    /// What the requests being decoded are counted at in the memory budget.
+    pub request_memory: Gauge,
 }
 
 impl IngressMetrics {
@@ -121,6 +124,13 @@ impl IngressMetrics {
             "otlp_requests",
             "OTLP export requests by signal, protocol and outcome",
             self.requests.clone(),
+        );
+        registry.register_with_unit(
+            "otlp_request_memory",
+            "Memory the OTLP requests being decoded and cut into records are counted at, \
+             out of receivers.otlp.request_memory_limit_mib",
+            prometheus_client::registry::Unit::Bytes,
+            self.request_memory.clone(),
         );
     }
 
@@ -168,10 +178,11 @@ impl Ingress {
                 }
             }
         }
+        let memory = MemoryBudget::new(memory_limit_mib, metrics.request_memory.clone());
         Arc::new(Ingress {
             routes,
             metrics,
-            memory: MemoryBudget::new(memory_limit_mib),
+            memory,
             memory_limit_mib,
         })
     }
@@ -265,7 +276,7 @@ impl Ingress {
                 request.clone()
             }
             .expect("taken on the last route only");
-            let encoded = encode(this, &route.format);
+            let encoded = memory.run(|| encode(this, &route.format));
             request_items = request_items.max(encoded.items);
             if i == 0 {
                 self.metrics

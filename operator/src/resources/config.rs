@@ -95,6 +95,8 @@ fn exporter_config(spec: &KinesisExporterSpec) -> exporter::Config {
                     address: format!("0.0.0.0:{METRICS_PORT}"),
                 },
             },
+            worker_threads: worker_threads(spec)
+                .unwrap_or(settings::range(Group::Service, "worker_threads").0),
         },
     }
 }
@@ -111,6 +113,17 @@ fn request_memory_limit_mib(spec: &KinesisExporterSpec) -> Option<u64> {
     let (_, min, max) = settings::range(Group::Receiver, "request_memory_limit_mib");
     let half_mib = (bytes / 2.0 / (1024.0 * 1024.0)).floor();
     Some((half_mib as u64).clamp(min, max))
+}
+
+/// The container's CPU limit rounded up, if it has one, within the key's range: as many
+/// worker threads as the cores the container may use. Without a limit, the exporter's default.
+fn worker_threads(spec: &KinesisExporterSpec) -> Option<u64> {
+    let limit = spec.resources.as_ref()?.limits.as_ref()?.get("cpu")?;
+    let cores = kube_quantity::ParsedQuantity::try_from(limit)
+        .ok()?
+        .to_bytes_f64()?;
+    let (_, min, max) = settings::range(Group::Service, "worker_threads");
+    Some((cores.ceil() as u64).clamp(min, max))
 }
 
 /// The producer settings of `spec`: each `spec.kpl` field the settings table maps to an

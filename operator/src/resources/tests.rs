@@ -496,6 +496,30 @@ fn the_fingerprint_moves_with_what_others_change_and_not_with_status() {
 }
 
 #[test]
+fn the_worker_threads_are_the_containers_cpu_limit_rounded_up() {
+    let threads = |resources: serde_json::Value| {
+        loaded(&kex(json!({ "resources": resources })))
+            .service
+            .worker_threads
+    };
+    let default = exporter::settings::range(exporter::settings::Group::Service, "worker_threads").0;
+    assert_eq!(
+        threads(json!({})),
+        default,
+        "no limit: the exporter's default"
+    );
+    assert_eq!(threads(json!({"requests": {"cpu": "4"}})), default);
+    assert_eq!(threads(json!({"limits": {"cpu": "500m"}})), 1);
+    assert_eq!(threads(json!({"limits": {"cpu": "2"}})), 2);
+    assert_eq!(threads(json!({"limits": {"cpu": "2500m"}})), 3);
+    assert_eq!(
+        threads(json!({"limits": {"cpu": "1000"}})),
+        256,
+        "the key's maximum"
+    );
+}
+
+#[test]
 fn the_request_memory_budget_is_half_the_containers_memory_limit() {
     let budget = |resources: serde_json::Value| {
         loaded(&kex(json!({ "resources": resources })))
