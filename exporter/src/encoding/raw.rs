@@ -34,11 +34,29 @@ struct RawField {
     bytes: Bytes,
 }
 
-/// One scope entry: its fields other than the spans, and each span's bytes (no tag, no length).
+/// One scope entry: its fields other than the spans, and each span's bytes (no tag, no length)
+/// with where its ids are in them.
 #[derive(Debug, Clone, Default)]
 pub struct RawScope {
     head: Vec<RawField>,
-    pub spans: Vec<Bytes>,
+    spans: Vec<Bytes>,
+    ids: Vec<SpanIds>,
+}
+
+/// Where a span's trace id and span id are in its bytes, found while it is checked (offsets:
+/// a request is at most 1 GiB).
+#[derive(Debug, Clone, Copy, Default)]
+struct SpanIds {
+    trace_id: (u32, u32),
+    span_id: (u32, u32),
+}
+
+impl SpanIds {
+    /// The ids in `span`, the bytes they were found in.
+    fn of<'a>(&self, span: &'a [u8]) -> (&'a [u8], &'a [u8]) {
+        let at = |(start, end): (u32, u32)| &span[start as usize..end as usize];
+        (at(self.trace_id), at(self.span_id))
+    }
 }
 
 /// One resource entry: its bytes, its fields other than the scopes, and its scopes.
@@ -46,7 +64,7 @@ pub struct RawScope {
 pub struct RawResource {
     bytes: Bytes,
     head: Vec<RawField>,
-    pub scopes: Vec<RawScope>,
+    scopes: Vec<RawScope>,
 }
 
 impl RawResource {
@@ -96,13 +114,29 @@ fn resource(bytes: Bytes) -> Result<RawResource, DecodeError> {
 
 fn scope(bytes: Bytes) -> Result<RawScope, DecodeError> {
     let mut spans = Vec::new();
+    let mut ids = Vec::new();
     let mut check = opentelemetry_proto::tonic::trace::v1::ScopeSpans::default();
     let head = split_entries(bytes, ITEMS, &mut check, |span| {
-        valid_message(&span, &SPAN, SPAN_DEPTH)?;
+        ids.push(valid_span(&span)?);
         spans.push(span);
         Ok(())
     })?;
-    Ok(RawScope { head, spans })
+    Ok(RawScope { head, spans, ids })
+}
+
+/// Checks a span against the schema, noting where its ids are on the way (the last
+/// occurrence wins, as in prost).
+fn valid_span(span: &[u8]) -> Result<SpanIds, DecodeError> {
+    let mut ids = SpanIds::default();
+    valid_message(span, &SPAN, SPAN_DEPTH, |number, at| {
+        let at = (at.start as u32, at.end as u32);
+        match number {
+            1 => ids.trace_id = at,
+            2 => ids.span_id = at,
+            _ => {}
+        }
+    })?;
+    Ok(ids)
 }
 
 /// Hands each occurrence of the repeated field `entries` to `entry`, and returns every other
@@ -145,19 +179,32 @@ enum Kind {
 }
 
 /// A message's fields by number. Statics refer to each other by address, so that AnyValue
-/// can hold an ArrayValue that holds AnyValues.
+/// can hold an ArrayValue that holds AnyValues. A field numbered n is best listed at n - 1:
+/// it is found there without a search (most fields of a span are).
 #[derive(Debug)]
 struct Schema(&'static [(u32, Kind)]);
 
+impl Schema {
+    fn kind(&self, number: u32) -> Option<&Kind> {
+        match self.0.get((number as usize).wrapping_sub(1)) {
+            Some((listed, kind)) if *listed == number => Some(kind),
+            _ => self
+                .0
+                .iter()
+                .find(|(n, _)| *n == number)
+                .map(|(_, kind)| kind),
+        }
+    }
+}
+
 /// opentelemetry.proto.trace.v1.Span and what it holds (opentelemetry-proto 0.33).
 static SPAN: Schema = Schema(&[
-    (1, Kind::Bytes),    // trace_id
-    (2, Kind::Bytes),    // span_id
-    (3, Kind::Text),     // trace_state
-    (4, Kind::Bytes),    // parent_span_id
-    (16, Kind::Fixed32), // flags
-    (5, Kind::Text),     // name
-    (6, Kind::Varint),   // kind
+    (1, Kind::Bytes),  // trace_id
+    (2, Kind::Bytes),  // span_id
+    (3, Kind::Text),   // trace_state
+    (4, Kind::Bytes),  // parent_span_id
+    (5, Kind::Text),   // name
+    (6, Kind::Varint), // kind
     (7, Kind::Fixed64),
     (8, Kind::Fixed64),
     (9, Kind::Message(&KEY_VALUE)),
@@ -167,6 +214,7 @@ static SPAN: Schema = Schema(&[
     (13, Kind::Message(&LINK)),
     (14, Kind::Varint),
     (15, Kind::Message(&STATUS)),
+    (16, Kind::Fixed32), // flags
 ]);
 static EVENT: Schema = Schema(&[
     (1, Kind::Fixed64),
@@ -206,12 +254,18 @@ static KEY_VALUE_LIST: Schema = Schema(&[(1, Kind::Message(&KEY_VALUE))]);
 const SPAN_DEPTH: u32 = 100 - 3;
 
 /// Checks `bytes` as prost would decode them into the message `schema` describes: wire types
-/// of known fields, UTF-8 of strings, lengths, varints, unknown fields skipped.
-fn valid_message(bytes: &[u8], schema: &Schema, depth: u32) -> Result<(), DecodeError> {
+/// of known fields, UTF-8 of strings, lengths, varints, unknown fields skipped. `seen` is told
+/// the number and place in `bytes` of each known length-delimited field of this message.
+fn valid_message(
+    bytes: &[u8],
+    schema: &Schema,
+    depth: u32,
+    mut seen: impl FnMut(u32, std::ops::Range<usize>),
+) -> Result<(), DecodeError> {
     let mut buf = bytes;
     while buf.has_remaining() {
         let (number, wire_type) = decode_key(&mut buf)?;
-        let Some((_, kind)) = schema.0.iter().find(|(n, _)| *n == number) else {
+        let Some(kind) = schema.kind(number) else {
             skip_field(wire_type, number, &mut buf, DecodeContext::default())?;
             continue;
         };
@@ -245,17 +299,20 @@ fn valid_message(bytes: &[u8], schema: &Schema, depth: u32) -> Result<(), Decode
                     )
                     .expect_err("a field longer than what is left"));
                 }
+                let start = bytes.len() - buf.len();
                 let (field, rest) = buf.split_at(len as usize);
                 buf = rest;
+                seen(number, start..start + field.len());
                 match kind {
-                    Kind::Text => {
+                    // Most text is ASCII, checked faster than UTF-8 is.
+                    Kind::Text if !field.is_ascii() => {
                         std::str::from_utf8(field).map_err(|_| invalid_utf8())?;
                     }
                     Kind::Message(inner) => {
                         if depth == 0 {
                             return Err(recursion_limit());
                         }
-                        valid_message(field, inner, depth - 1)?;
+                        valid_message(field, inner, depth - 1, ignore)?;
                     }
                     _ => {}
                 }
@@ -264,6 +321,8 @@ fn valid_message(bytes: &[u8], schema: &Schema, depth: u32) -> Result<(), Decode
     }
     Ok(())
 }
+
+fn ignore(_: u32, _: std::ops::Range<usize>) {}
 
 /// The error prost gives for a string that is not UTF-8 (made by prost itself).
 fn invalid_utf8() -> DecodeError {
@@ -298,33 +357,6 @@ fn recursion_limit() -> DecodeError {
 }
 
 // ---------------------------------------------------------------- writing records
-
-/// A span's trace id and span id, read from its (checked) bytes.
-pub fn span_ids(span: &[u8]) -> (&[u8], &[u8]) {
-    let mut buf = span;
-    let (mut trace_id, mut span_id): (&[u8], &[u8]) = (&[], &[]);
-    while buf.has_remaining() {
-        let Ok((number, wire_type)) = decode_key(&mut buf) else {
-            break;
-        };
-        if wire_type == WireType::LengthDelimited && (number == 1 || number == 2) {
-            let Ok(len) = decode_varint(&mut buf) else {
-                break;
-            };
-            let (field, rest) = buf.split_at(len as usize);
-            buf = rest;
-            // The last occurrence wins, as in prost.
-            if number == 1 {
-                trace_id = field;
-            } else {
-                span_id = field;
-            }
-        } else if skip_field(wire_type, number, &mut buf, DecodeContext::default()).is_err() {
-            break;
-        }
-    }
-    (trace_id, span_id)
-}
 
 /// A group of spans of one resource entry, by (scope index, span index).
 pub type Selection<'a> = &'a [(u32, u32)];
@@ -392,9 +424,9 @@ pub fn traces(resources: &[RawResource], format: &RecordFormat) -> Encoded {
         let mut refused = false;
         for (s, scope) in resource.scopes.iter().enumerate() {
             order.reserve(scope.spans.len());
-            for (i, span) in scope.spans.iter().enumerate() {
+            for (i, (span, ids)) in scope.spans.iter().zip(&scope.ids).enumerate() {
                 out.items += 1;
-                let (trace_id, span_id) = span_ids(span);
+                let (trace_id, span_id) = ids.of(span);
                 let invalid = id_length_error("span", "trace_id", trace_id, 16, false)
                     .or_else(|| id_length_error("span", "span_id", span_id, 8, false));
                 match invalid {

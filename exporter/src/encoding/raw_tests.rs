@@ -32,6 +32,8 @@ fn span(trace: u8, id: u8) -> Span {
         flags: 1,
         attributes: vec![
             text("http.method", "GET"),
+            // Not ASCII: UTF-8 is checked in full (ASCII has a faster check of its own).
+            text("user.name", "Zoë ✓"),
             KeyValue {
                 key: "list".into(),
                 value: Some(AnyValue {
