@@ -281,7 +281,16 @@ fn valid_message(
                 decode_varint(&mut buf)?;
             }
             Kind::Fixed32 | Kind::Fixed64 => {
-                skip_field(wire_type, number, &mut buf, DecodeContext::default())?;
+                let width = if wire_type == WireType::ThirtyTwoBit {
+                    4
+                } else {
+                    8
+                };
+                match buf.get(width..) {
+                    Some(rest) => buf = rest,
+                    // Cut short: prost's own error.
+                    None => skip_field(wire_type, number, &mut buf, DecodeContext::default())?,
+                }
             }
             Kind::Bytes | Kind::Text | Kind::Message(_) => {
                 let at_length = buf;

@@ -225,6 +225,37 @@ fn a_deep_nesting_is_refused_like_prost_refuses_it() {
     assert!(invalid_utf8().to_string().contains("UTF-8"));
 }
 
+/// A span's fixed-width field with too few bytes left in the span: refused, as prost refuses
+/// it; with all its bytes, taken. (Random corruption rarely makes this case.)
+#[test]
+fn a_fixed_width_field_cut_short_is_refused_like_prost_refuses_it() {
+    let delimited = |field: u8, inner: &[u8]| {
+        let mut out = vec![field << 3 | 2, u8::try_from(inner.len()).unwrap()];
+        out.extend_from_slice(inner);
+        out
+    };
+    // start_time_unix_nano (7, fixed64) and flags (16, fixed32), with each byte count.
+    for (key, width) in [(&[0x39][..], 8), (&[0x85, 0x01][..], 4)] {
+        for len in 0..=width {
+            let span = [key, &vec![0; len]].concat();
+            let bytes = delimited(1, &delimited(2, &delimited(2, &span)));
+            let ours = split_traces(Bytes::from(bytes.clone()));
+            let prost = ExportTraceServiceRequest::decode(bytes.as_slice());
+            assert_eq!(
+                ours.is_ok(),
+                len == width,
+                "{key:?} with {len} bytes: {:?}",
+                ours.err()
+            );
+            assert_eq!(
+                prost.is_ok(),
+                len == width,
+                "prost, {key:?} with {len} bytes"
+            );
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
