@@ -464,7 +464,7 @@ pub const SETTINGS: &[Setting] = &[
         crd: None,
         description: "Threads that serve OTLP requests and run the producers (tokio's \
                       workers). One took all a two-core machine could send, 394k spans/s at \
-                      0.4 of a core (make bench-e2e); against two, it used 4-15% less CPU \
+                      0.4 of a core (make bench-e2e); against two, it used 6-14% less CPU \
                       per span and peaked at 75-95 MiB where two saw 100-240 (the same \
                       binary, runs alternated). One thread does at most a core's work, about \
                       a million spans a second by those figures: raise it for more per pod. \
