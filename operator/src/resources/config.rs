@@ -101,15 +101,20 @@ fn exporter_config(spec: &KinesisExporterSpec) -> exporter::Config {
     }
 }
 
+/// The container's limit of `resource` (`memory` in bytes, `cpu` in cores), if it has one.
+fn container_limit(spec: &KinesisExporterSpec, resource: &str) -> Option<f64> {
+    let limit = spec.resources.as_ref()?.limits.as_ref()?.get(resource)?;
+    // As f64: the crate's integer conversions drop a fraction before scaling ("1.5Gi").
+    kube_quantity::ParsedQuantity::try_from(limit)
+        .ok()?
+        .to_bytes_f64()
+}
+
 /// Half the container's memory limit, if it has one, for requests being decoded (the rest is
 /// for queued records, the process and what the allocator has not given back yet), within
 /// the key's range. Without a limit, the exporter's default.
 fn request_memory_limit_mib(spec: &KinesisExporterSpec) -> Option<u64> {
-    let limit = spec.resources.as_ref()?.limits.as_ref()?.get("memory")?;
-    // As f64: the crate's integer conversions drop a fraction before scaling ("1.5Gi").
-    let bytes = kube_quantity::ParsedQuantity::try_from(limit)
-        .ok()?
-        .to_bytes_f64()?;
+    let bytes = container_limit(spec, "memory")?;
     let (_, min, max) = settings::range(Group::Receiver, "request_memory_limit_mib");
     let half_mib = (bytes / 2.0 / (1024.0 * 1024.0)).floor();
     Some((half_mib as u64).clamp(min, max))
@@ -118,10 +123,7 @@ fn request_memory_limit_mib(spec: &KinesisExporterSpec) -> Option<u64> {
 /// The container's CPU limit rounded up, if it has one, within the key's range: as many
 /// worker threads as the cores the container may use. Without a limit, the exporter's default.
 fn worker_threads(spec: &KinesisExporterSpec) -> Option<u64> {
-    let limit = spec.resources.as_ref()?.limits.as_ref()?.get("cpu")?;
-    let cores = kube_quantity::ParsedQuantity::try_from(limit)
-        .ok()?
-        .to_bytes_f64()?;
+    let cores = container_limit(spec, "cpu")?;
     let (_, min, max) = settings::range(Group::Service, "worker_threads");
     Some((cores.ceil() as u64).clamp(min, max))
 }
