@@ -28,9 +28,9 @@ pub fn no_huge_pages() {
 /// While the resident set is below this, freed pages are kept [`PURGE_DELAY_SMALL`] before they
 /// are given back; above it, [`PURGE_DELAY_LARGE`].
 const SMALL_RESIDENT_SET: u64 = 64 << 20;
-/// Above this, freed pages are given back almost at once. At full speed the resident set saws between
-/// about 60 and 180 MiB as freed memory piles up between purges; giving it back at once only
-/// past this point cut the peak to about 130 MiB at no measurable cost in CPU, where doing so
+/// Above this, freed pages are given back almost at once. At full speed the resident set saws
+/// between about 60 and 180 MiB as freed memory piles up between purges; giving it back at once
+/// only past this point cut the peak to about 130 MiB at no measurable cost in CPU, where doing so
 /// from 96 MiB cost a tenth more CPU per span (perf harness, full speed, 3 runs each).
 const LARGE_RESIDENT_SET: u64 = 128 << 20;
 /// At a few thousand spans a second a request's buffers are freed and needed again about every

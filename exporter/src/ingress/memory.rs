@@ -40,15 +40,21 @@ const LARGE_REQUEST_BYTES: usize = 1 << 20;
 /// Room held for one request; dropping it gives the room back.
 #[derive(Debug)]
 pub struct MemoryPermit {
-    _room: OwnedSemaphorePermit,
+    room: OwnedSemaphorePermit,
     request_bytes: usize,
-    counted_bytes: i64,
     in_use: Gauge,
+}
+
+impl MemoryPermit {
+    /// What the request is counted at, in bytes: its units of room.
+    fn counted_bytes(&self) -> i64 {
+        (self.room.num_permits() as u64 * UNIT) as i64
+    }
 }
 
 impl Drop for MemoryPermit {
     fn drop(&mut self) {
-        self.in_use.dec_by(self.counted_bytes);
+        self.in_use.dec_by(self.counted_bytes());
     }
 }
 
@@ -111,14 +117,13 @@ impl MemoryBudget {
         let acquire = self.permits.clone().acquire_many_owned(cost as u32);
         match tokio::time::timeout_at(deadline, acquire).await {
             Ok(Ok(room)) => {
-                let counted_bytes = (cost * UNIT) as i64;
-                self.in_use.inc_by(counted_bytes);
-                Ok(MemoryPermit {
-                    _room: room,
+                let permit = MemoryPermit {
+                    room,
                     request_bytes,
-                    counted_bytes,
                     in_use: self.in_use.clone(),
-                })
+                };
+                self.in_use.inc_by(permit.counted_bytes());
+                Ok(permit)
             }
             Ok(Err(_)) | Err(_) => Err(Refusal::Full),
         }
