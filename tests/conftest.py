@@ -390,20 +390,21 @@ def moto_assumed_roles(endpoint: str) -> list[dict]:
 # --------------------------------------------------------------------------- Kinesis helpers
 
 
-def kinesis_client(endpoint: str):
-    """A boto3 Kinesis client for an emulator, with dummy static credentials."""
+def kinesis_client(endpoint: str, credentials: dict | None = None):
+    """A boto3 Kinesis client for an emulator, with dummy static credentials unless
+    ``credentials`` (``aws_access_key_id`` and ``aws_secret_access_key``) are given."""
     return boto3.client(
         "kinesis",
         endpoint_url=endpoint,
         region_name=REGION,
         config=Config(retries={"max_attempts": 3, "mode": "standard"}),
-        **DUMMY_CREDENTIALS,
+        **(credentials or DUMMY_CREDENTIALS),
     )
 
 
-def create_stream(endpoint: str, name: str, shards: int) -> None:
+def create_stream(endpoint: str, name: str, shards: int, credentials: dict | None = None) -> None:
     """Create a provisioned stream with ``shards`` shards and wait until it is ACTIVE."""
-    client = kinesis_client(endpoint)
+    client = kinesis_client(endpoint, credentials)
     client.create_stream(StreamName=name, ShardCount=shards)
     wait_for(
         lambda: client.describe_stream_summary(StreamName=name)["StreamDescriptionSummary"]["StreamStatus"] == "ACTIVE",
@@ -411,8 +412,8 @@ def create_stream(endpoint: str, name: str, shards: int) -> None:
     )
 
 
-def list_shards(endpoint: str, stream: str) -> list[dict]:
-    client = kinesis_client(endpoint)
+def list_shards(endpoint: str, stream: str, credentials: dict | None = None) -> list[dict]:
+    client = kinesis_client(endpoint, credentials)
     shards, token = [], None
     while True:
         response = client.list_shards(NextToken=token) if token else client.list_shards(StreamName=stream)
@@ -441,11 +442,12 @@ class KinesisRecord(NamedTuple):
     data: bytes
 
 
-def read_all_records(endpoint: str, stream: str, max_calls_per_shard: int = 10_000) -> list[KinesisRecord]:
+def read_all_records(endpoint: str, stream: str, max_calls_per_shard: int = 10_000,
+                     credentials: dict | None = None) -> list[KinesisRecord]:
     """Every record in every shard of ``stream``, read from TRIM_HORIZON to the tip."""
-    client = kinesis_client(endpoint)
+    client = kinesis_client(endpoint, credentials)
     records: list[KinesisRecord] = []
-    for shard in list_shards(endpoint, stream):
+    for shard in list_shards(endpoint, stream, credentials):
         shard_id = shard["ShardId"]
         iterator = client.get_shard_iterator(
             StreamName=stream, ShardId=shard_id, ShardIteratorType="TRIM_HORIZON"

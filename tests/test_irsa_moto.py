@@ -17,6 +17,8 @@ import pytest
 
 from conftest import (
     REGION,
+    moto_iam_admin,
+    start_moto_server,
     access_key_of,
     create_stream,
     deaggregate_python,
@@ -131,3 +133,43 @@ def test_role_equal_to_web_identity_role_is_not_assumed_again(irsa_put):
     assert_one_web_identity_call(run)
     assert run.assume_role == [], "aws.role equals AWS_ROLE_ARN, yet AssumeRole was called"
     run.assert_kinesis_signed_by(run.session(WEB_IDENTITY_ROLE))
+
+
+@pytest.fixture(scope="module")
+def iam_moto(tmp_path_factory):
+    """moto authenticating every call (peers/moto_iam.py); yields (endpoint, admin credentials)."""
+    peer, endpoint = start_moto_server(tmp_path_factory.mktemp("moto-iam"), enforce_iam=True)
+    try:
+        admin = moto_iam_admin(endpoint)
+        yield endpoint, {k: admin[k] for k in ("aws_access_key_id", "aws_secret_access_key")}
+    finally:
+        peer.stop(check=False)
+
+
+def test_moto_checks_the_signature_of_every_kinesis_call(iam_moto, exporter_bin, tmp_path):
+    """PutRecords is signed by the exporter itself (aws-sigv4 over the body it wrote, without
+    the SDK's orchestrator): moto, authenticating every call as AWS does, accepts it with the
+    right secret and refuses it with a wrong one."""
+    endpoint, admin = iam_moto
+    stream = f"signed-{uuid.uuid4().hex[:8]}"
+    create_stream(endpoint, stream, 2, credentials=admin)
+    config = write_config(tmp_path / "exporter.yaml", stream, endpoint)
+    records = [{"partition_key": f"key-{i % 5}", "data": f"signed record {i}".encode()} for i in range(40)]
+    as_admin = {"AWS_ACCESS_KEY_ID": admin["aws_access_key_id"],
+                "AWS_SECRET_ACCESS_KEY": admin["aws_secret_access_key"], "AWS_REGION": REGION}
+
+    result = run_put(exporter_bin, config, records, env=as_admin)
+    assert result.returncode == 0, f"put exited {result.returncode}: {result.summary}\n{result.stderr}"
+    assert result.summary["put_records_calls"] >= 1, result.summary
+    stored = deaggregate_python(read_all_records(endpoint, stream, credentials=admin))
+    assert Counter((u.partition_key, u.data) for u in stored) == \
+        Counter((r["partition_key"], r["data"]) for r in records)
+
+    wrong_secret = dict(as_admin, AWS_SECRET_ACCESS_KEY="not-" + admin["aws_secret_access_key"])
+    result = run_put(exporter_bin, config, records[:3], env=wrong_secret)
+    assert result.returncode != 0, f"a wrong secret was accepted: {result.summary}"
+    # The PutRecords call itself was made and refused, for its signature.
+    assert result.summary["put_records_calls"] >= 1, result.summary
+    assert result.summary["dropped"] == {"permanent_error": 3}, result.summary
+    assert "SignatureDoesNotMatch" in result.stderr, result.stderr[-3000:]
+    assert len(deaggregate_python(read_all_records(endpoint, stream, credentials=admin))) == len(records)

@@ -129,26 +129,31 @@ fn pick_exporter<'a>(
 }
 
 /// The Kinesis client of every exporter, from its `aws` settings and the default credentials.
-async fn kinesis_clients(config: &Config) -> HashMap<String, Arc<dyn KinesisApi>> {
+async fn kinesis_clients(config: &Config) -> anyhow::Result<HashMap<String, Arc<dyn KinesisApi>>> {
     let mut clients = HashMap::new();
     for (id, exporter) in &config.exporters {
-        clients.insert(id.clone(), kinesis_client(exporter).await);
+        let client = kinesis_client(exporter)
+            .await
+            .map_err(|e| e.context(format!("exporters.{id}")))?;
+        clients.insert(id.clone(), client);
     }
-    clients
+    Ok(clients)
 }
 
-async fn kinesis_client(exporter: &ExporterConfig) -> Arc<dyn KinesisApi> {
+async fn kinesis_client(exporter: &ExporterConfig) -> anyhow::Result<Arc<dyn KinesisApi>> {
     let sdk = aws::load(&exporter.aws).await;
-    Arc::new(aws::SdkKinesis::new(
+    let client = aws::SdkKinesis::new(
         &sdk,
         exporter.aws.kinesis_endpoint.as_deref(),
         exporter.kpl.request_timeout(),
-    ))
+    )
+    .await?;
+    Ok(Arc::new(client))
 }
 
 /// Runs the exporter until SIGTERM or Ctrl-C (see [`server::serve`]).
 async fn run(config: Config, timeouts: ShutdownTimeouts) -> anyhow::Result<()> {
-    let clients = kinesis_clients(&config).await;
+    let clients = kinesis_clients(&config).await?;
     let listeners = Listeners::bind(&config).await?;
     server::serve(&config, listeners, clients, wait_for_signal(), timeouts).await
 }
@@ -176,7 +181,7 @@ async fn put_from_stdin(
 ) -> anyhow::Result<()> {
     use tokio::io::AsyncBufReadExt;
     let metrics = Arc::new(ProducerMetrics::default());
-    let client = kinesis_client(exporter).await;
+    let client = kinesis_client(exporter).await?;
     let producer = server::start_producer(id, exporter, client, metrics.clone());
     let handle = producer.handle();
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();

@@ -42,18 +42,18 @@ struct Running {
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
-/// A Kinesis client of the real SDK aimed at `standin`.
+/// The exporter's Kinesis client aimed at `standin`.
 async fn client_for(standin: &StandIn) -> Arc<dyn KinesisApi> {
     let sdk = aws_config::defaults(kinesis_exporter::aws::behavior_version())
         .region(aws_config::Region::new("us-east-1"))
         .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
         .load()
         .await;
-    Arc::new(SdkKinesis::new(
-        &sdk,
-        Some(&standin.url()),
-        Duration::from_secs(600),
-    ))
+    Arc::new(
+        SdkKinesis::new(&sdk, Some(&standin.url()), Duration::from_secs(600))
+            .await
+            .expect("the client builds"),
+    )
 }
 
 const LISTENERS: &str = "receivers:\n  otlp:\n    protocols:\n      \

@@ -49,7 +49,9 @@ async fn start(
         .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
         .load()
         .await;
-    let client = SdkKinesis::new(&sdk, Some(&standin.url()), config.request_timeout);
+    let client = SdkKinesis::new(&sdk, Some(&standin.url()), config.request_timeout)
+        .await
+        .expect("the client builds");
     let metrics = Arc::new(ProducerMetrics::default());
     let producer = Producer::start(config, Arc::new(client), metrics.clone());
     let handle = producer.handle();

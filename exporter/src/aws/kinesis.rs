@@ -1,42 +1,110 @@
-//! [`KinesisApi`] over the AWS SDK: request building and error classification.
+//! [`KinesisApi`] for AWS: PutRecords through [`PutRecordsClient`], ListShards through the SDK
+//! client, and the SDK's errors classified.
 
 use aws_config::SdkConfig;
 use aws_sdk_kinesis::Client;
+use aws_sdk_kinesis::config::endpoint::{DefaultResolver, Params, ResolveEndpoint};
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use aws_smithy_types::body::SdkBody;
 use futures::future::BoxFuture;
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::credentials::CredentialsCache;
+use super::errors::{is_retryable_request_error, xml_element};
+use super::put_records::PutRecordsClient;
 use super::put_records_body::put_records_body;
 use crate::kpl::client::{EntryResult, KinesisApi, RequestError};
 use crate::kpl::record::KinesisRecord;
 use crate::kpl::shard_map::Shard;
 
-/// Kinesis through the official SDK. The SDK's own retries are off for PutRecords: the
-/// producer retries, per entry, and counts every attempt. The PutRecords body is ours
-/// ([`put_records_body`]), put in place of the SDK's before it is signed.
+/// Kinesis on AWS. Neither path retries on its own: the producer retries, per entry, and
+/// counts every attempt.
 pub struct SdkKinesis {
     client: Client,
+    put_records: PutRecordsClient,
 }
 
 impl SdkKinesis {
-    pub fn new(sdk: &SdkConfig, endpoint: Option<&str>, attempt_timeout: Duration) -> Self {
+    /// `endpoint` is `aws.kinesis_endpoint`; without it the endpoint is the SDK's (its
+    /// environment and profile settings, else the region's).
+    pub async fn new(
+        sdk: &SdkConfig,
+        endpoint: Option<&str>,
+        attempt_timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let connect_timeout = Duration::from_secs(5).min(attempt_timeout);
+        let credentials = Arc::new(CredentialsCache::new(
+            sdk.credentials_provider().ok_or_else(|| {
+                anyhow::anyhow!("no AWS credentials provider (the default chain was not loaded)")
+            })?,
+        ));
         let mut builder = aws_sdk_kinesis::config::Builder::from(sdk)
+            .credentials_provider(credentials.as_provider())
             .retry_config(aws_config::retry::RetryConfig::disabled())
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
                     .operation_attempt_timeout(attempt_timeout)
-                    .connect_timeout(Duration::from_secs(5).min(attempt_timeout))
+                    .connect_timeout(connect_timeout)
                     .build(),
             );
         if let Some(url) = endpoint {
             builder = builder.endpoint_url(url);
         }
-        SdkKinesis {
+        let region = sdk
+            .region()
+            .ok_or_else(|| anyhow::anyhow!("aws.region: no region to send to"))?
+            .to_string();
+        let put_records = PutRecordsClient::new(
+            &resolve_endpoint(sdk, endpoint, &region).await?,
+            &region,
+            credentials,
+            connect_timeout,
+            attempt_timeout,
+        )?;
+        Ok(SdkKinesis {
             client: Client::from_conf(builder.build()),
-        }
+            put_records,
+        })
     }
+}
+
+/// The endpoint PutRecords goes to, as the SDK client would find it: `aws.kinesis_endpoint`,
+/// else `AWS_ENDPOINT_URL_KINESIS` / `AWS_ENDPOINT_URL` / the profile's `endpoint_url`, else
+/// the region's endpoint (FIPS and dual-stack as configured) from the SDK's resolver.
+async fn resolve_endpoint(
+    sdk: &SdkConfig,
+    explicit: Option<&str>,
+    region: &str,
+) -> anyhow::Result<String> {
+    // The same lookup `aws_sdk_kinesis::config::Builder::from(&SdkConfig)` makes.
+    let configured = explicit.map(str::to_string).or_else(|| {
+        if sdk.get_origin("endpoint_url").is_client_config() {
+            return sdk.endpoint_url().map(str::to_string);
+        }
+        let key = aws_types::service_config::ServiceConfigKey::builder()
+            .service_id("Kinesis")
+            .env("AWS_ENDPOINT_URL")
+            .profile("endpoint_url")
+            .build()
+            .expect("every field is set");
+        sdk.service_config()
+            .and_then(|config| config.load_config(key))
+            .or_else(|| sdk.endpoint_url().map(str::to_string))
+    });
+    let params = Params::builder()
+        .region(region)
+        .set_use_fips(sdk.use_fips())
+        .set_use_dual_stack(sdk.use_dual_stack())
+        .set_endpoint(configured)
+        .operation_type("data")
+        .build()
+        .map_err(|e| anyhow::anyhow!("Kinesis endpoint parameters: {e}"))?;
+    let endpoint = DefaultResolver::new()
+        .resolve_endpoint(&params)
+        .await
+        .map_err(|e| anyhow::anyhow!("no Kinesis endpoint for region {region:?}: {e}"))?;
+    Ok(endpoint.url().to_string())
 }
 
 impl KinesisApi for SdkKinesis {
@@ -45,51 +113,10 @@ impl KinesisApi for SdkKinesis {
         stream: &'a str,
         records: &'a [KinesisRecord],
     ) -> BoxFuture<'a, Result<Vec<EntryResult>, RequestError>> {
-        Box::pin(async move {
-            let body = put_records_body(stream, records);
-            let output = self
-                .client
-                .put_records()
-                .stream_name(stream)
-                // The SDK serializes an empty list, and the body is replaced before signing.
-                .set_records(Some(Vec::new()))
-                .customize()
-                .mutate_request(move |request| {
-                    request
-                        .headers_mut()
-                        .insert("content-length", body.len().to_string());
-                    *request.body_mut() = SdkBody::from(body.clone());
-                })
-                .send()
-                .await
-                .map_err(classify)?;
-            let results: Vec<EntryResult> = output
-                .records()
-                .iter()
-                .map(|r| match r.error_code() {
-                    Some(code) => EntryResult::Failed {
-                        code: code.to_string(),
-                        message: r.error_message().unwrap_or_default().to_string(),
-                        permanent: is_permanent_entry_error(code),
-                    },
-                    None => EntryResult::Stored {
-                        shard_id: r.shard_id().unwrap_or_default().to_string(),
-                    },
-                })
-                .collect();
-            if results.len() != records.len() {
-                return Err(RequestError {
-                    retryable: true,
-                    code: "MalformedResponse".into(),
-                    message: format!(
-                        "PutRecords answered {} results for {} records",
-                        results.len(),
-                        records.len()
-                    ),
-                });
-            }
-            Ok(results)
-        })
+        Box::pin(
+            self.put_records
+                .put_records(put_records_body(stream, records), records.len()),
+        )
     }
 
     fn list_shards<'a>(
@@ -200,64 +227,48 @@ where
     }
 }
 
-/// The text of the first `<name>` element of an XML error body, if any.
-fn xml_element(body: &str, name: &str) -> Option<String> {
-    let open = format!("<{name}>");
-    let start = body.find(&open)? + open.len();
-    let end = start + body[start..].find(&format!("</{name}>"))?;
-    Some(body[start..end].trim().to_string()).filter(|s| !s.is_empty())
-}
-
-/// Entry error codes that will not go away by retrying the same record.
-fn is_permanent_entry_error(code: &str) -> bool {
-    matches!(
-        code,
-        "KMSAccessDeniedException"
-            | "KMSDisabledException"
-            | "KMSInvalidStateException"
-            | "KMSNotFoundException"
-            | "KMSOptInRequired"
-            | "ValidationException"
-            | "InvalidArgumentException"
-    )
-}
-
-/// Request error codes worth retrying (besides 5xx, timeouts and network failures).
-fn is_retryable_request_error(code: &str) -> bool {
-    matches!(
-        code,
-        "ProvisionedThroughputExceededException"
-            | "LimitExceededException"
-            | "KMSThrottlingException"
-            | "InternalFailure"
-            | "InternalFailureException"
-            | "InternalServerError"
-            | "ServiceUnavailable"
-            | "ServiceUnavailableException"
-            | "Throttling"
-            | "ThrottlingException"
-            | "RequestTimeout"
-            | "RequestTimeoutException"
-            | "ExpiredTokenException"
-            | "RequestExpired"
-    )
-}
-
 #[cfg(test)]
 mod tests {
-    use super::xml_element;
+    use super::resolve_endpoint;
+    use aws_config::{Region, SdkConfig};
 
-    #[test]
-    fn an_xml_error_body_gives_its_code_and_message() {
-        let body = r#"<?xml version="1.0" encoding="utf-8"?>
-<ErrorResponse><Errors><Error><Code>AccessDenied</Code><Message>User: arn:aws:sts::1:assumed-role/r/s is not authorized to perform: kinesis:PutRecords</Message><Type>Sender</Type></Error></Errors></ErrorResponse>"#;
-        assert_eq!(xml_element(body, "Code").as_deref(), Some("AccessDenied"));
-        assert!(
-            xml_element(body, "Message")
-                .unwrap()
-                .ends_with("kinesis:PutRecords")
+    fn sdk(fips: bool) -> SdkConfig {
+        SdkConfig::builder()
+            .region(Region::new("eu-west-1"))
+            .use_fips(fips)
+            .behavior_version(super::super::behavior_version())
+            .build()
+    }
+
+    #[tokio::test]
+    async fn put_records_goes_where_the_sdk_client_would() {
+        assert_eq!(
+            resolve_endpoint(&sdk(false), None, "eu-west-1")
+                .await
+                .unwrap(),
+            "https://kinesis.eu-west-1.amazonaws.com"
         );
-        assert_eq!(xml_element("<html>502 Bad Gateway</html>", "Code"), None);
-        assert_eq!(xml_element("<Code></Code>", "Code"), None);
+        assert_eq!(
+            resolve_endpoint(&sdk(true), None, "eu-west-1")
+                .await
+                .unwrap(),
+            "https://kinesis-fips.eu-west-1.amazonaws.com"
+        );
+        assert_eq!(
+            resolve_endpoint(&sdk(false), Some("http://127.0.0.1:4567"), "eu-west-1")
+                .await
+                .unwrap(),
+            "http://127.0.0.1:4567"
+        );
+        let with_url = sdk(false)
+            .into_builder()
+            .endpoint_url("http://localhost:9")
+            .build();
+        assert_eq!(
+            resolve_endpoint(&with_url, None, "eu-west-1")
+                .await
+                .unwrap(),
+            "http://localhost:9"
+        );
     }
 }

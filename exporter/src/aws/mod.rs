@@ -1,6 +1,9 @@
 //! AWS wiring: region, endpoint and credentials (SDK default chain, optionally one AssumeRole).
 
+mod credentials;
+mod errors;
 mod kinesis;
+mod put_records;
 mod put_records_body;
 
 pub use kinesis::SdkKinesis;

@@ -4,8 +4,7 @@
 //! The SDK's serializer copies each record's data twice (into a `Blob`, then a clone of it),
 //! base64-encodes it into a temporary string and appends that to a body that grows by
 //! doubling: 18% of the exporter's CPU at full speed (perf), and most of its page faults. The
-//! SDK still does all the rest: endpoint, credentials, SigV4 over this body, the HTTP exchange,
-//! timeouts, and reading the answer.
+//! body is signed and sent by [`super::put_records`].
 
 use bytes::Bytes;
 use std::io::Write;
