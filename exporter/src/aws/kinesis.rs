@@ -40,6 +40,9 @@ impl SdkKinesis {
             })?,
         ));
         let mut builder = aws_sdk_kinesis::config::Builder::from(sdk)
+            // One cache for both paths: the SDK's own in front of it would keep credentials
+            // that Kinesis has called expired, which this one forgets.
+            .identity_cache(aws_sdk_kinesis::config::IdentityCache::no_cache())
             .credentials_provider(credentials.as_provider())
             .retry_config(aws_config::retry::RetryConfig::disabled())
             .timeout_config(
