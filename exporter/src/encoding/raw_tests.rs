@@ -22,6 +22,14 @@ fn text(key: &str, value: &str) -> KeyValue {
     }
 }
 
+fn value(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
 fn span(trace: u8, id: u8) -> Span {
     Span {
         trace_id: vec![trace; 16],
@@ -34,6 +42,10 @@ fn span(trace: u8, id: u8) -> Span {
             text("http.method", "GET"),
             // Not ASCII: UTF-8 is checked in full (ASCII has a faster check of its own).
             text("user.name", "Zoë ✓"),
+            // Plain attributes of each kind the shortcut takes (raw.rs: plain_key_value).
+            value("http.status_code", any_value::Value::IntValue(503)),
+            value("retried", any_value::Value::BoolValue(true)),
+            value("ratio", any_value::Value::DoubleValue(0.25)),
             KeyValue {
                 key: "list".into(),
                 value: Some(AnyValue {

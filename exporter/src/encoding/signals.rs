@@ -39,7 +39,10 @@ pub(super) fn trace_key(trace_id: &[u8]) -> String {
     if trace_id.iter().all(|b| *b == 0) {
         random_key()
     } else {
-        hex::encode(trace_id)
+        // `hex::encode` collects chars one by one: a percent of the CPU at 5k spans/s (perf).
+        let mut key = vec![0; 2 * trace_id.len()];
+        hex::encode_to_slice(trace_id, &mut key).expect("the buffer is twice the id");
+        String::from_utf8(key).expect("hex digits are ASCII")
     }
 }
 
