@@ -98,10 +98,11 @@ impl ResidentSet {
 
 /// Keeps the purge delay matched to the resident set, for as long as the runtime runs. Where
 /// the resident set cannot be read, memory is given back soon. Looks every
-/// [`RESIDENT_SET_CHECK`] while OTLP requests come, the resident set moves (one large request
-/// is seconds of work) or it is large (the wake-ups let idle workers collect what they freed).
-/// Once it is small and still and no request comes, nothing runs until the next one: ten
-/// wake-ups a second of an idle exporter were a third of what it cost at rest (perf).
+/// [`RESIDENT_SET_CHECK`] while requests that can move it come (large ones, or many at once:
+/// `NOTABLE_BYTES`), while it moves (one large request is seconds of work) or while it is
+/// large (the wake-ups let idle workers collect what they freed). Once it is small and still
+/// and no such request comes, nothing runs until the next one: ten wake-ups a second of an
+/// idle exporter were a third of what it cost at rest (perf).
 pub async fn match_purge_delay_to_resident_set() {
     use futures::FutureExt;
     let resident_set = ResidentSet::open();
@@ -114,7 +115,7 @@ pub async fn match_purge_delay_to_resident_set() {
             set_purge_delay(delay);
             current = Some(delay);
         }
-        // A permit stored since the last look means requests came.
+        // A permit stored since the last look means notable requests came.
         let requests_came = REQUEST_ADMITTED.notified().now_or_never().is_some();
         let still = bytes == std::mem::replace(&mut last_look, bytes);
         if !requests_came && still && bytes.is_some_and(|b| b < SMALL_RESIDENT_SET) {

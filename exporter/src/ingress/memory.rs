@@ -15,10 +15,17 @@ use tokio::time::Instant;
 /// given back yet. 32 leaves a margin; typical spans of a few hundred bytes cost far less.
 pub const BYTES_HELD_PER_REQUEST_BYTE: u64 = 32;
 
-/// Notified as each request is admitted: what watches the process's memory sleeps until the
-/// next request once the process is small and still (a permit stored meanwhile wakes it at
-/// once).
+/// Notified as a request that can move the resident set is admitted ([`NOTABLE_BYTES`]): what
+/// watches the process's memory sleeps until the next one once the process is small and still
+/// (a permit stored meanwhile wakes it at once).
 pub static REQUEST_ADMITTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// A request is notable when it is counted at this much, or when the requests under way are,
+/// with it: an eighth of the resident set below which memory is kept longer
+/// (`allocator.rs`). Requests one at a time below it cannot move that far, and waking the
+/// watcher after each of them (every 100 ms at 5k spans/s) was a fifth of the exporter's
+/// wake-ups there.
+pub const NOTABLE_BYTES: u64 = 8 << 20;
 
 /// Counted in KiB, so that a `u32` of semaphore permits covers any limit the table allows.
 const UNIT: u64 = 1024;
@@ -100,14 +107,25 @@ impl MemoryBudget {
             .max(1)
     }
 
+    /// Whether a request counted at `cost` units, with those under way, reaches
+    /// [`NOTABLE_BYTES`].
+    fn notable(&self, cost: u64) -> bool {
+        let in_use = self
+            .limit_units
+            .saturating_sub(self.permits.available_permits() as u64);
+        (cost + in_use) * UNIT >= NOTABLE_BYTES
+    }
+
     /// Waits until `deadline` at most for room for a request of `request_bytes`.
     pub async fn admit(
         &self,
         request_bytes: usize,
         deadline: Instant,
     ) -> Result<MemoryPermit, Refusal> {
-        REQUEST_ADMITTED.notify_one();
         let cost = Self::cost(request_bytes);
+        if self.notable(cost) {
+            REQUEST_ADMITTED.notify_one();
+        }
         if cost > self.limit_units {
             return Err(Refusal::LargerThanLimit {
                 cost_mib: (cost * UNIT).div_ceil(1024 * 1024),
@@ -154,6 +172,21 @@ mod tests {
         assert_eq!(budget.in_use.get(), 0);
         let _small = budget.admit(1, soon()).await.unwrap();
         assert_eq!(budget.available_bytes(), 32 * 1024 * 1024 - 1024);
+    }
+
+    #[tokio::test]
+    async fn only_requests_that_can_move_the_resident_set_are_notable() {
+        let budget = MemoryBudget::new(64, Gauge::default());
+        let soon = || Instant::now() + Duration::from_millis(20);
+        let units = |bytes: usize| MemoryBudget::cost(bytes);
+        // 100 KiB, a batch of 512 spans, is counted at 3.2 MiB: not notable alone.
+        assert!(!budget.notable(units(100 * 1024)));
+        assert!(budget.notable(units(256 * 1024)));
+        // Two under way make a third notable.
+        let _a = budget.admit(100 * 1024, soon()).await.unwrap();
+        assert!(!budget.notable(units(100 * 1024)));
+        let _b = budget.admit(100 * 1024, soon()).await.unwrap();
+        assert!(budget.notable(units(100 * 1024)));
     }
 
     /// The documented factor is this one, and the default budget takes the largest request
