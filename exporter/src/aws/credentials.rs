@@ -133,14 +133,15 @@ fn expired(credentials: &Credentials, now: SystemTime) -> bool {
 mod tests {
     use super::*;
     use aws_credential_types::provider::future::ProvideCredentials as ProvideFuture;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-    /// A provider that hands out credentials expiring `lifetime` from now, or fails once told to.
-    #[derive(Debug)]
+    /// A provider that hands out credentials expiring `lifetime` from now, or fails once told
+    /// to; its clones share the count and the switch, so a test keeps one to look at.
+    #[derive(Debug, Clone)]
     struct Counting {
-        calls: AtomicUsize,
+        calls: Arc<AtomicUsize>,
         lifetime: Duration,
-        fail: std::sync::atomic::AtomicBool,
+        fail: Arc<AtomicBool>,
     }
 
     impl ProvideCredentials for Counting {
@@ -162,25 +163,14 @@ mod tests {
         }
     }
 
-    fn cache(lifetime: Duration) -> (CredentialsCache, Arc<Counting>) {
-        let provider = Arc::new(Counting {
-            calls: AtomicUsize::new(0),
+    fn cache(lifetime: Duration) -> (CredentialsCache, Counting) {
+        let provider = Counting {
+            calls: Arc::default(),
             lifetime,
-            fail: false.into(),
-        });
-        let shared = SharedCredentialsProvider::new(ArcProvider(provider.clone()));
+            fail: Arc::default(),
+        };
+        let shared = SharedCredentialsProvider::new(provider.clone());
         (CredentialsCache::new(shared), provider)
-    }
-
-    #[derive(Debug)]
-    struct ArcProvider(Arc<Counting>);
-    impl ProvideCredentials for ArcProvider {
-        fn provide_credentials<'a>(&'a self) -> ProvideFuture<'a>
-        where
-            Self: 'a,
-        {
-            self.0.provide_credentials()
-        }
     }
 
     #[tokio::test]

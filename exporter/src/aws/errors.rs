@@ -22,6 +22,12 @@ pub fn is_permanent_entry_error(code: &str) -> bool {
     )
 }
 
+/// Whether an error answer with this HTTP status and error code is worth retrying: 5xx,
+/// 408 and 429 are, whatever their code; otherwise the code decides.
+pub fn is_retryable_answer(status: u16, code: &str) -> bool {
+    status >= 500 || matches!(status, 408 | 429) || is_retryable_request_error(code)
+}
+
 /// Request error codes worth retrying (besides 5xx, timeouts and network failures).
 pub fn is_retryable_request_error(code: &str) -> bool {
     matches!(

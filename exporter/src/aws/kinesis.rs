@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::credentials::CredentialsCache;
-use super::errors::{is_retryable_request_error, xml_element};
+use super::errors::{is_retryable_answer, is_retryable_request_error, xml_element};
 use super::put_records::PutRecordsClient;
 use super::put_records_body::put_records_body;
 use crate::kpl::client::{EntryResult, KinesisApi, RequestError};
@@ -202,7 +202,8 @@ where
                 .unwrap_or_default();
             let code = xml_element(&body, "Code").unwrap_or_else(|| format!("Http{status}"));
             RequestError {
-                retryable: matches!(status, 408 | 429) || is_retryable_request_error(&code),
+                // A client error here, so the same rule as PutRecords's answers.
+                retryable: is_retryable_answer(status, &code),
                 message: xml_element(&body, "Message").unwrap_or(message),
                 code,
             }

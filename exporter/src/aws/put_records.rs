@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use super::credentials::CredentialsCache;
-use super::errors::{is_permanent_entry_error, is_retryable_request_error, xml_element};
+use super::errors::{is_permanent_entry_error, is_retryable_answer, xml_element};
 use crate::kpl::client::{EntryResult, RequestError};
 
 const TARGET: &str = "Kinesis_20131202.PutRecords";
@@ -325,9 +325,7 @@ fn request_error(status: u16, error_type: Option<&str>, body: &[u8]) -> RequestE
             )
         });
     RequestError {
-        retryable: status >= 500
-            || matches!(status, 408 | 429)
-            || is_retryable_request_error(&code),
+        retryable: is_retryable_answer(status, &code),
         code,
         message,
     }

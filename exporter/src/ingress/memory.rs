@@ -52,13 +52,6 @@ pub struct MemoryPermit {
     in_use: Gauge,
 }
 
-impl MemoryPermit {
-    /// What the request is counted at, in bytes: its units of room.
-    fn counted_bytes(&self) -> i64 {
-        (self.room.num_permits() as u64 * UNIT) as i64
-    }
-}
-
 impl Drop for MemoryPermit {
     fn drop(&mut self) {
         self.in_use.dec_by(self.counted_bytes());
@@ -66,6 +59,11 @@ impl Drop for MemoryPermit {
 }
 
 impl MemoryPermit {
+    /// What the request is counted at, in bytes: its units of room.
+    fn counted_bytes(&self) -> i64 {
+        (self.room.num_permits() as u64 * UNIT) as i64
+    }
+
     /// Runs `work`, CPU-bound work on this permit's request (decoding it, cutting it into
     /// records). On a large request, the worker thread's other tasks move to another thread
     /// first: with one worker (`service.worker_threads`), the health checks, the other requests
