@@ -8,6 +8,7 @@ pub mod aggregator;
 mod backoff;
 pub mod batcher;
 pub mod client;
+mod deadline;
 pub mod health;
 pub mod limits;
 pub mod metrics;

@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use super::aggregator::{AggregateLimits, Aggregator};
 use super::batcher::{Batch, Batcher};
 use super::client::KinesisApi;
+use super::deadline::Deadline;
 use super::limits::MAX_RECORD_BYTES;
 use super::metrics::ProducerMetrics;
 use super::record::{InvalidRecord, KinesisRecord, UserRecord};
@@ -76,6 +77,10 @@ pub enum PutError {
     #[error("{records} records are more than the whole backlog ({backlog}) holds")]
     LargerThanBacklog { records: usize, backlog: usize },
 }
+
+/// Most user records taken from the backlog per turn of the producer's loop, so that a steady
+/// stream of records still lets the linger, the settling of sends and a stop be seen.
+const RECEIVED_PER_TURN: usize = 128;
 
 /// Room reserved in a producer's backlog; nothing is queued until [`Reserved::admit`], and
 /// dropping it gives the room back.
@@ -309,6 +314,8 @@ struct Pipeline {
     ready: Vec<Batch>,
     /// When what is buffered must be sent; None while nothing is, so an idle producer sleeps.
     linger_deadline: Option<tokio::time::Instant>,
+    linger_timer: Deadline,
+    throttled_timer: Deadline,
     connections: Arc<Semaphore>,
     jobs: JoinSet<SendOutcome>,
     /// Tells send jobs backing off that the producer is shutting down.
@@ -353,6 +360,8 @@ impl Pipeline {
             aggregators: FxHashMap::default(),
             ready: Vec::new(),
             linger_deadline: None,
+            linger_timer: Deadline::default(),
+            throttled_timer: Deadline::default(),
             jobs: JoinSet::new(),
             stopping,
         }
@@ -370,19 +379,28 @@ impl Pipeline {
             // for records that would only pile up here.
             let room =
                 self.throttled.user_records() + self.throttled_in_flight < self.config.backlog;
+            self.linger_timer.set(self.linger_deadline);
+            self.throttled_timer.set(self.throttled.next_due());
             tokio::select! {
                 _ = &mut stop => break,
                 received = rx.recv(), if room => match received {
                     Some(record) => {
-                        self.metrics.backlog.set(rx.len() as i64);
                         self.add(record).await;
+                        // What else is queued is taken in the same turn (a turn polls every
+                        // source of work). One at a time: the records a full connection pool
+                        // holds back stay in the backlog, where callers see them.
+                        for _ in 1..RECEIVED_PER_TURN {
+                            let Ok(record) = rx.try_recv() else { break };
+                            self.add(record).await;
+                        }
+                        self.metrics.backlog.set(rx.len() as i64);
                     }
                     None => break,
                 },
-                _ = Self::until(self.linger_deadline) => self.flush().await,
+                () = self.linger_timer.elapsed() => self.flush().await,
                 Some(done) = self.jobs.join_next() => self.settle(done).await,
                 Ok(()) = self.refresher.feed.changed() => self.map_read().await,
-                _ = Self::until(self.throttled.next_due()) => self.release_throttled().await,
+                () = self.throttled_timer.elapsed() => self.release_throttled().await,
             }
         }
         // Shutdown: take what callers already handed over, flush it, and wait for every send.
@@ -396,9 +414,10 @@ impl Pipeline {
         self.metrics.backlog.set(0);
         self.flush().await;
         while !self.jobs.is_empty() || !self.misplaced.is_empty() || !self.throttled.is_empty() {
+            self.throttled_timer.set(self.throttled.next_due());
             tokio::select! {
                 Some(done) = self.jobs.join_next() => self.settle(done).await,
-                _ = Self::until(self.throttled.next_due()) => self.release_throttled().await,
+                () = self.throttled_timer.elapsed() => self.release_throttled().await,
                 // Also when the reader is gone (an error): then with the map at hand.
                 _ = self.refresher.feed.changed(), if !self.misplaced.is_empty() => {
                     self.map_read().await;
@@ -579,14 +598,6 @@ impl Pipeline {
             self.ready.push(batch);
         }
         self.dispatch_ready().await;
-    }
-
-    /// Resolves at `when`, or never.
-    async fn until(when: Option<tokio::time::Instant>) {
-        match when {
-            Some(when) => tokio::time::sleep_until(when).await,
-            None => std::future::pending().await,
-        }
     }
 
     /// A read of the shard map finished: take the new map, if any, then settle the misplaced
