@@ -63,7 +63,6 @@ impl SdkKinesis {
             &region,
             credentials,
             connect_timeout,
-            attempt_timeout,
         )?;
         Ok(SdkKinesis {
             client: Client::from_conf(builder.build()),

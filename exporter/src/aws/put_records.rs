@@ -37,7 +37,6 @@ pub struct PutRecordsClient {
     host: String,
     signing_region: String,
     credentials: Arc<CredentialsCache>,
-    attempt_timeout: Duration,
     /// The service's clock minus ours, in milliseconds, once it is worth correcting.
     clock_skew_ms: AtomicI64,
 }
@@ -48,7 +47,6 @@ impl PutRecordsClient {
         signing_region: &str,
         credentials: Arc<CredentialsCache>,
         connect_timeout: Duration,
-        attempt_timeout: Duration,
     ) -> anyhow::Result<Self> {
         let uri: http::Uri = endpoint
             .parse()
@@ -73,31 +71,17 @@ impl PutRecordsClient {
             host,
             signing_region: signing_region.to_string(),
             credentials,
-            attempt_timeout,
             clock_skew_ms: AtomicI64::new(0),
         })
     }
 
-    /// One attempt: sign, send, read the answer, all within the attempt timeout.
+    /// One attempt: sign, send, read the answer. The producer's sender bounds it with
+    /// `kpl.request_timeout` (one timer per call; this client adds none of its own).
     pub async fn put_records(
         &self,
         body: Bytes,
         records: usize,
     ) -> Result<Vec<EntryResult>, RequestError> {
-        match tokio::time::timeout(self.attempt_timeout, self.attempt(body, records)).await {
-            Ok(result) => result,
-            Err(_) => Err(RequestError {
-                retryable: true,
-                code: "Timeout".into(),
-                message: format!(
-                    "PutRecords took longer than the {:?} a request may take",
-                    self.attempt_timeout
-                ),
-            }),
-        }
-    }
-
-    async fn attempt(&self, body: Bytes, records: usize) -> Result<Vec<EntryResult>, RequestError> {
         let request = self.signed_request(body).await?;
         let response = self
             .connector
