@@ -312,9 +312,9 @@ struct Pipeline {
     throttled_in_flight: usize,
     batcher: Batcher,
     ready: Vec<Batch>,
-    /// When what is buffered must be sent; None while nothing is, so an idle producer sleeps.
-    linger_deadline: Option<tokio::time::Instant>,
-    linger_timer: Deadline,
+    /// When what is buffered must be sent; disarmed while nothing is, so an idle producer sleeps.
+    linger: Deadline,
+    /// When the next throttled records may be sent again.
     throttled_timer: Deadline,
     connections: Arc<Semaphore>,
     jobs: JoinSet<SendOutcome>,
@@ -359,8 +359,7 @@ impl Pipeline {
             misplaced: Vec::new(),
             aggregators: FxHashMap::default(),
             ready: Vec::new(),
-            linger_deadline: None,
-            linger_timer: Deadline::default(),
+            linger: Deadline::default(),
             throttled_timer: Deadline::default(),
             jobs: JoinSet::new(),
             stopping,
@@ -379,7 +378,6 @@ impl Pipeline {
             // for records that would only pile up here.
             let room =
                 self.throttled.user_records() + self.throttled_in_flight < self.config.backlog;
-            self.linger_timer.set(self.linger_deadline);
             self.throttled_timer.set(self.throttled.next_due());
             tokio::select! {
                 _ = &mut stop => break,
@@ -397,7 +395,7 @@ impl Pipeline {
                     }
                     None => break,
                 },
-                () = self.linger_timer.elapsed() => self.flush().await,
+                () = self.linger.elapsed() => self.flush().await,
                 Some(done) = self.jobs.join_next() => self.settle(done).await,
                 Ok(()) = self.refresher.feed.changed() => self.map_read().await,
                 () = self.throttled_timer.elapsed() => self.release_throttled().await,
@@ -497,8 +495,10 @@ impl Pipeline {
 
     /// A record is about to be buffered: if nothing was, the linger starts now.
     fn start_linger(&mut self) {
-        self.linger_deadline
-            .get_or_insert_with(|| tokio::time::Instant::now() + self.config.linger);
+        if self.linger.when().is_none() {
+            self.linger
+                .set(Some(tokio::time::Instant::now() + self.config.linger));
+        }
     }
 
     /// Hands a finished Kinesis record to the batcher and sends the batches it fills.
@@ -530,7 +530,7 @@ impl Pipeline {
             self.ready.push(batch);
         }
         // Nothing is buffered now (no record is added while the batches wait for connections).
-        self.linger_deadline = None;
+        self.linger.set(None);
         self.dispatch_ready().await;
     }
 
