@@ -21,6 +21,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=controlplane.sh
 source "$HERE/controlplane.sh"
+# shellcheck source=tools.sh
+source "$HERE/tools.sh"
 
 NODE_DIR="${KEX_NODE_DIR:-/var/lib/kex-node}"
 NODE_NAME="kex-node"
@@ -44,17 +46,6 @@ APT_PACKAGES=(runc containernetworking-plugins iptables conntrack socat)
 
 need_root() { [ "$(id -u)" = 0 ] || die "the real node needs root (containers, a bridge, iptables)"; }
 
-# Debian's runc and CNI plugins (PEERS.md: the versions tried), installed once.
-install_packages() {
-  local missing=() p
-  for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  command -v apt-get >/dev/null || die "missing packages ${missing[*]} and no apt-get to install them"
-  say "installing ${missing[*]} (apt-get)"
-  DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
-}
-
 cni_bin_dir() {
   local d
   for d in /usr/lib/cni /opt/cni/bin; do [ -x "$d/bridge" ] && { echo "$d"; return 0; }; done
@@ -76,7 +67,8 @@ pause_image() {
 cmd_node_build() {
   local start=$(date +%s) b
   need_root
-  install_packages
+  # Debian's runc and CNI plugins (PEERS.md: the versions tried).
+  ensure_apt_packages "${APT_PACKAGES[@]}"
   for b in "${NODE_BINS[@]}"; do build_one "$b"; done
   pause_image >/dev/null
   say "node binaries ready in $(( $(date +%s) - start ))s (cache: $CACHE)"

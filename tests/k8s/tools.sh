@@ -9,6 +9,8 @@
 #                                                 queries and alert rules in the tests)
 #   source tests/k8s/tools.sh; ensure_otelcol     sets OTELCOL (the Collector with the contrib
 #                                                 awskinesisexporter, built with ocb: make bench-e2e)
+#   bash tests/k8s/tools.sh ensure_apt_packages PKG...  installs the Debian packages among PKG
+#                                                 that are missing (apt-get, as root)
 #
 # Cache: ${KINESIS_TOOLS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kinesis-exporter/bin}
 # Needs: go (1.26+, as helm's go.mod asks) on PATH. Builds run under `nice -n 19` with
@@ -168,6 +170,21 @@ MANIFEST
   OTELCOL="$bin"
 }
 
+# Debian packages the tests use (the real node's runc and CNI plugins, umoci for the image
+# test), installed once: those of "$@" dpkg does not know, with apt-get, as root.
+ensure_apt_packages() {
+  local missing=() p
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if ! command -v apt-get >/dev/null || [ "$(id -u)" != 0 ]; then
+    _tools_say "error: missing packages ${missing[*]}, and no apt-get as root to install them"
+    return 1
+  fi
+  _tools_say "installing ${missing[*]} (apt-get)"
+  DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null
+}
+
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   set -euo pipefail
   case "${1:-}" in
@@ -175,6 +192,7 @@ if [ "${BASH_SOURCE[0]}" = "$0" ]; then
     ensure_helm_docs) ensure_helm_docs; printf '%s\n' "$HELM_DOCS" ;;
     ensure_prometheus) ensure_prometheus; printf '%s\n' "$PROMETHEUS" ;;
     ensure_otelcol) ensure_otelcol; printf '%s\n' "$OTELCOL" ;;
-    *) echo "usage: $0 ensure_helm|ensure_helm_docs|ensure_prometheus|ensure_otelcol" >&2; exit 2 ;;
+    ensure_apt_packages) shift; ensure_apt_packages "$@" ;;
+    *) echo "usage: $0 ensure_helm|ensure_helm_docs|ensure_prometheus|ensure_otelcol|ensure_apt_packages PKG..." >&2; exit 2 ;;
   esac
 fi
